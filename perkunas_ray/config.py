@@ -1,0 +1,292 @@
+"""Dataclass configs, loaded from YAML/JSON once at the edge and validated with clear messages.
+
+This module imports neither torch nor ray, so any process can read and check a config cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from perkunas_ray.errors import ConfigError
+
+T = TypeVar("T")
+
+DTYPES = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "lion", "adafactor")
+LR_SCHEDULES = ("constant", "cosine", "wsd", "tokens")
+CLIP_MODES = ("global", "shard", "none")
+TRACE_STORAGES = ("cpu", "device", "secondary-device", "object-store")
+PREFETCH_MODES = ("none", "cpu", "secondary-device")
+GUARD_EXHAUST = ("accept", "reject")
+
+
+def _check(cond: bool, field: str, expected: str, got: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{field} must be {expected}, got {got!r}")
+
+
+def _check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, field, f"one of {', '.join(choices)}", value)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shape and options of the decoder (Llama / Qwen3 family names)."""
+
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 688
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    attn_softcap: float = 0.0  # 0 = off, then attention runs through SDPA
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    layers_per_shard: int = 1
+    lm_head_chunk_tokens: int = 4096
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self, prefix: str = "model") -> ModelConfig:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
+                     "layers_per_shard", "lm_head_chunk_tokens"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                   f"{prefix}.{name}", "a positive integer", value)
+        _check(self.d_model % self.n_heads == 0, f"{prefix}.n_heads", f"a divisor of d_model={self.d_model}",
+               self.n_heads)
+        _check(self.n_heads % self.n_kv_heads == 0, f"{prefix}.n_kv_heads",
+               f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)
+        _check(self.head_dim % 2 == 0, f"{prefix}.n_heads", "such that d_model/n_heads is even (RoPE)",
+               self.n_heads)
+        _check(self.rope_theta > 0, f"{prefix}.rope_theta", "> 0", self.rope_theta)
+        _check(self.norm_eps > 0, f"{prefix}.norm_eps", "> 0", self.norm_eps)
+        _check(self.attn_softcap >= 0, f"{prefix}.attn_softcap", ">= 0 (0 disables it)", self.attn_softcap)
+        _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "in [0, 1)", self.dropout)
+        _check(self.init_std > 0, f"{prefix}.init_std", "> 0", self.init_std)
+        return self
+
+    @property
+    def num_stream_shards(self) -> int:
+        return 2 + -(-self.n_layers // self.layers_per_shard)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    """Build dataclass `cls` from `data`, naming any unknown key (typos must not pass silently)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        default = getattr(cls(), key) if _has_default(fields[key]) else None  # type: ignore[call-arg]
+        kwargs[key] = _coerce(value, default, f"{prefix}.{key}")
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def _has_default(field: dataclasses.Field) -> bool:  # type: ignore[type-arg]
+    return field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """Accept ints for float fields and lists for tuple fields; reject other type mismatches."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        _check(isinstance(value, bool), name, "true or false", value)
+        return value
+    if isinstance(default, float):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        return float(value)
+    if isinstance(default, int):
+        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        return value
+    if isinstance(default, str):
+        _check(isinstance(value, str), name, "a string", value)
+        return value
+    if isinstance(default, tuple):
+        _check(isinstance(value, (list, tuple)), name, "a list", value)
+        return tuple(value)
+    return value
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-serialisable dict of a (nested) dataclass config."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The optimisation loop, shared by the reference trainer and the streaming runtime."""
+
+    data_dir: str = ""
+    val_data_dir: str = ""  # empty: the validation split of data_dir
+    seq_len: int = 0  # 0: take it from the data manifest
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    dtype: str = "fp32"  # compute dtype
+    master_weight_dtype: str = "fp32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    optimizer: str = "adamw"
+    learning_rate: float = 6e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    grad_clip_mode: str = "global"
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    warmup_tokens: int = 0  # for lr_schedule=tokens
+    decay_tokens: int = 0  # for lr_schedule=tokens
+    min_lr_ratio: float = 0.1
+    wsd_decay_fraction: float = 0.2  # share of max_steps spent decaying in WSD
+    max_steps: int = 200
+    save_every: int = 50
+    validate_every: int = 50
+    max_validation_batches: int = 20
+    shuffle_train: bool = True
+    seed: int = 1337
+    activation_checkpointing: bool = False  # reference trainer: per-block recompute
+
+    def validate(self, prefix: str = "train") -> TrainConfig:
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "max_steps"):
+            value = getattr(self, name)
+            _check(value > 0, f"{prefix}.{name}", "> 0", value)
+        for name in ("seq_len", "warmup_steps", "warmup_tokens", "decay_tokens", "save_every",
+                     "validate_every", "max_validation_batches"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{prefix}.{name}", ">= 0", value)
+        _check_choice(self.dtype, f"{prefix}.dtype", DTYPES)
+        _check(self.master_weight_dtype == "fp32", f"{prefix}.master_weight_dtype", "fp32", self.master_weight_dtype)
+        _check_choice(self.optimizer, f"{prefix}.optimizer", OPTIMIZERS)
+        _check_choice(self.lr_schedule, f"{prefix}.lr_schedule", LR_SCHEDULES)
+        _check_choice(self.grad_clip_mode, f"{prefix}.grad_clip_mode", CLIP_MODES)
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
+               "auto, cpu, cuda or cuda:N", self.device)
+        _check(self.learning_rate > 0, f"{prefix}.learning_rate", "> 0", self.learning_rate)
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", ">= 0", self.weight_decay)
+        _check(0 <= self.beta1 < 1, f"{prefix}.beta1", "in [0, 1)", self.beta1)
+        _check(0 <= self.beta2 < 1, f"{prefix}.beta2", "in [0, 1)", self.beta2)
+        _check(self.adam_eps > 0, f"{prefix}.adam_eps", "> 0", self.adam_eps)
+        _check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", ">= 0 (0 disables clipping)", self.max_grad_norm)
+        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        _check(0 <= self.wsd_decay_fraction <= 1, f"{prefix}.wsd_decay_fraction", "in [0, 1]",
+               self.wsd_decay_fraction)
+        if self.lr_schedule == "tokens":
+            _check(self.decay_tokens > 0, f"{prefix}.decay_tokens", "> 0 when lr_schedule=tokens",
+                   self.decay_tokens)
+        return self
+
+
+@dataclasses.dataclass
+class StreamConfig:
+    """Residency, prefetch, trace storage, shard writes and guarded replay of the streaming runtime."""
+
+    max_resident_shards: int = 2
+    max_resident_bytes: int = 0  # 0: no byte budget beyond max_resident_shards
+    prefetch_shards: str = "cpu"
+    prefetch_window: int = 2
+    trace_storage: str = "cpu"
+    trace_storage_device: str = ""  # for secondary-device, e.g. cuda:1
+    async_shard_writes: bool = True
+    max_pending_shard_writes: int = 4
+    guarded_step_replay: bool = False
+    guard_replay_max_replays: int = 6
+    guard_replay_loss_tolerance: float = 0.004
+    guard_replay_loss_tolerance_ratio: float = 0.0005
+    guard_replay_lr_scales: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.35, 0.25, 0.1)
+    guard_replay_grad_norm_scales: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.35, 0.25, 0.1)
+    guard_replay_on_exhaust: str = "accept"
+
+    def validate(self, prefix: str = "stream") -> StreamConfig:
+        _check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
+               ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
+        _check(self.max_resident_bytes >= 0, f"{prefix}.max_resident_bytes", ">= 0", self.max_resident_bytes)
+        _check_choice(self.prefetch_shards, f"{prefix}.prefetch_shards", PREFETCH_MODES)
+        _check(self.prefetch_window >= 0, f"{prefix}.prefetch_window", ">= 0", self.prefetch_window)
+        _check_choice(self.trace_storage, f"{prefix}.trace_storage", TRACE_STORAGES)
+        _check(self.max_pending_shard_writes > 0, f"{prefix}.max_pending_shard_writes", "> 0",
+               self.max_pending_shard_writes)
+        _check(self.guard_replay_max_replays >= 0, f"{prefix}.guard_replay_max_replays", ">= 0",
+               self.guard_replay_max_replays)
+        for name in ("guard_replay_lr_scales", "guard_replay_grad_norm_scales"):
+            scales = getattr(self, name)
+            _check(len(scales) > 0 and all(0 < s <= 1 for s in scales), f"{prefix}.{name}",
+                   "a non-empty list of scales in (0, 1]", scales)
+        _check_choice(self.guard_replay_on_exhaust, f"{prefix}.guard_replay_on_exhaust", GUARD_EXHAUST)
+        return self
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Where the run lives: the durable archive, the fast active copy, and how often to publish."""
+
+    run_dir: str = ""
+    active_run_dir: str = ""  # empty: work directly in run_dir
+    durable_flush_every: int = 50
+    keep_last_checkpoints: int = 2
+
+    def validate(self, prefix: str = "checkpoint") -> CheckpointConfig:
+        _check(self.durable_flush_every >= 0, f"{prefix}.durable_flush_every", ">= 0", self.durable_flush_every)
+        _check(self.keep_last_checkpoints >= 1, f"{prefix}.keep_last_checkpoints", ">= 1",
+               self.keep_last_checkpoints)
+        return self
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The root config of a training run."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        self.stream.validate()
+        self.checkpoint.validate()
+        return self
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> RunConfig:
+        sections = {"model": ModelConfig, "train": TrainConfig, "stream": StreamConfig,
+                    "checkpoint": CheckpointConfig}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"config has unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+        parts = {name: from_dict(kind, data.get(name) or {}, name) for name, kind in sections.items()}
+        return cls(**parts)

@@ -1,0 +1,25 @@
+"""Shared test fixtures: tiny model configs and the shared data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from perkunas_ray.config import ModelConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    base = dict(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=64,
+                layers_per_shard=1, lm_head_chunk_tokens=16)
+    base.update(overrides)
+    return ModelConfig(**base).validate()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is not present")
+    return SHARED_DATA
