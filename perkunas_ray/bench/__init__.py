@@ -1,0 +1,1 @@
+"""Benchmarks: each module registers one `perkunas bench NAME` and prints a table plus one JSON line."""
