@@ -1,0 +1,78 @@
+"""Load a model for inference from a training run dir or a Hugging Face package dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from perkunas_ray.chat_template import CHAT_TEMPLATE
+from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state, load_run_config, read_state
+from perkunas_ray.errors import CheckpointError
+from perkunas_ray.model.decoder import DecoderLM
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EOS_TOKEN = "<|endoftext|>"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: DecoderLM
+    tokenizer: Tokenizer
+    eos_token_id: int
+    chat_template: str
+    name: str
+    source: str
+    step: int | None = None
+
+
+def is_hf_package(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and "model_type" in json.loads(config.read_text())
+
+
+def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp32") -> LoadedModel:
+    """The model in eval mode on `device` in `dtype`, its tokenizer, EOS id and chat template."""
+    path = Path(path)
+    if dtype not in TORCH_DTYPES:
+        raise CheckpointError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
+    if not path.is_dir():
+        raise CheckpointError(f"model source {path} does not exist (expected a run dir or a Hugging Face package dir)")
+    if is_hf_package(path):
+        from perkunas_ray.export.hf_import import load_hf_package
+
+        cfg, state = load_hf_package(path)
+        chat_template = _hf_chat_template(path)
+        step = None
+    else:
+        cfg = load_run_config(path).model
+        ckpt = latest_checkpoint(path)
+        state = load_model_state(ckpt)
+        step = int(read_state(ckpt)["step"])
+        chat_template = CHAT_TEMPLATE
+    tokenizer_path = path / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"{path} has no tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    model = DecoderLM(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" or not cfg.tie_embeddings]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    model = model.to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    return LoadedModel(model=model, tokenizer=tokenizer, eos_token_id=0 if eos is None else eos,
+                       chat_template=chat_template, name=path.name, source=str(path), step=step)
+
+
+def _hf_chat_template(path: Path) -> str:
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return CHAT_TEMPLATE
