@@ -1,0 +1,1 @@
+"""Telemetry: the JSONL step log, metric names shared by emitters and dashboards, the HTML report."""
