@@ -68,6 +68,12 @@ class PrepareConfig:
     overwrite: bool = False
 
     def validate(self) -> PrepareConfig:
+        for name in ("output_dir", "train_data", "val_data", "tokenizer_path"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))  # keep the config JSON-serialisable
+            elif value is not None and not isinstance(value, str):
+                raise ConfigError(f"prepare.{name} must be a path, got {value!r}")
         if not self.output_dir:
             raise ConfigError("prepare.output_dir must be given")
         for name in ("vocab_size", "seq_len", "blocks_per_shard", "parquet_batch_rows", "tokenization_batch_size"):
