@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +13,7 @@ import pytest
 
 from perkunas_ray.data import readers
 from perkunas_ray.data.readers import ReaderOptions, iter_documents
+from perkunas_ray.data.resources import bundled_corpus_path
 from perkunas_ray.data.sources import SourceFile, resolve_sources
 from perkunas_ray.errors import DataError
 
@@ -140,3 +143,18 @@ def test_resolve_errors(tmp_path: Path) -> None:
         resolve_sources(tmp_path / "empty")
     with pytest.raises(DataError, match="unsupported corpus format"):
         list(iter_documents(SourceFile(tmp_path / "data.csv", "csv"), ReaderOptions()))
+
+
+def test_bundled_corpus_is_complete_stories() -> None:
+    path = bundled_corpus_path()
+    assert path.name == "tinystories_sample.txt" and path.is_file()
+    assert (path.parent / "ATTRIBUTION.md").is_file()
+    raw = path.read_bytes()
+    assert 1_400_000 < len(raw) < 1_600_000 and raw.endswith(b"<|endoftext|>\n")
+    docs = [d for d in _docs(path) if d]
+    assert len(docs) == raw.count(b"<|endoftext|>") == 1835
+
+
+def test_data_package_does_not_import_torch() -> None:
+    code = "import sys, perkunas_ray.data; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
