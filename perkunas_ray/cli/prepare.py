@@ -29,10 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read .txt/.jsonl/.parquet documents, train (or load) a byte-level BPE tokenizer, and write "
                     "fixed blocks of seq_len+1 tokens to .npy shards with a checksummed manifest.json.")
     src = p.add_argument_group("input")
-    src.add_argument("--train-data-dir", default=None, metavar="PATH",
-                     help="corpus file, folder (searched recursively) or glob; default: the bundled TinyStories sample")
-    src.add_argument("--val-data-dir", default=None, metavar="PATH",
-                     help="separate validation corpus (file, folder or glob); then --val-fraction is not used")
+    src.add_argument("--train-data-dir", default=None, metavar="PATH", nargs="+",
+                     help="corpus file(s), folder(s) (searched recursively) or glob(s); "
+                          "default: the bundled TinyStories sample")
+    src.add_argument("--val-data-dir", default=None, metavar="PATH", nargs="+",
+                     help="separate validation corpus (files, folders or globs); then --val-fraction is not used")
     src.add_argument("--text-column", default=DEFAULT_TEXT_COLUMN,
                      help=f"jsonl field / parquet column holding the text (default: {DEFAULT_TEXT_COLUMN})")
     src.add_argument("--delimiter", default=DEFAULT_DELIMITER, type=_unescape,

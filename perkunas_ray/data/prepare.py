@@ -47,13 +47,19 @@ from perkunas_ray.errors import ConfigError, DataError
 _SHARD_NAME = re.compile(r"^(train|val)_\d+\.npy(\.tmp)?$")
 
 
+def _path_text(value: Any, where: str) -> str:
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ConfigError(f"{where} must be a path, got {value!r}")
+
+
 @dataclass
 class PrepareConfig:
     """Options of `perkunas prepare`; train_data None means the corpus bundled with the package."""
 
     output_dir: str
-    train_data: str | None = None
-    val_data: str | None = None
+    train_data: str | list[str] | None = None  # file, folder, glob, or a list of them
+    val_data: str | list[str] | None = None
     tokenizer_path: str | None = None
     vocab_size: int = DEFAULT_VOCAB_SIZE
     seq_len: int = 256
@@ -70,10 +76,11 @@ class PrepareConfig:
     def validate(self) -> PrepareConfig:
         for name in ("output_dir", "train_data", "val_data", "tokenizer_path"):
             value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, os.fspath(value))  # keep the config JSON-serialisable
-            elif value is not None and not isinstance(value, str):
-                raise ConfigError(f"prepare.{name} must be a path, got {value!r}")
+            if isinstance(value, (list, tuple)) and name in ("train_data", "val_data"):
+                value = [_path_text(v, f"prepare.{name}") for v in value]
+                setattr(self, name, value[0] if len(value) == 1 else value)
+            elif value is not None:
+                setattr(self, name, _path_text(value, f"prepare.{name}"))  # keep the config JSON-serialisable
         if not self.output_dir:
             raise ConfigError("prepare.output_dir must be given")
         for name in ("vocab_size", "seq_len", "blocks_per_shard", "parquet_batch_rows", "tokenization_batch_size"):
@@ -261,12 +268,11 @@ def _tokenize_and_write(stream: _DocumentStream, tokenizer: Tokenizer, info: Tok
     return result
 
 
-def prepare_corpus(output_dir: str | Path, train_data: str | Path | None = None, *,
+def prepare_corpus(output_dir: str | Path, train_data: str | Path | list[str | Path] | None = None, *,
                    show_progress: bool | None = None, **options: Any) -> PrepareSummary:
     """Prepare token shards in `output_dir`; `options` are the other PrepareConfig fields."""
     try:
-        config = PrepareConfig(output_dir=str(output_dir), train_data=None if train_data is None else str(train_data),
-                               **options)
+        config = PrepareConfig(output_dir=output_dir, train_data=train_data, **options)  # type: ignore[arg-type]
     except TypeError as exc:
         known = ", ".join(f.name for f in dataclasses.fields(PrepareConfig))
         raise ConfigError(f"prepare_corpus: {exc}; known options: {known}") from exc
@@ -281,8 +287,9 @@ def run_prepare(config: PrepareConfig, show_progress: bool | None = None) -> Pre
         show_progress = sys.stderr.isatty()
     out = Path(config.output_dir).expanduser()
     _prepare_output_dir(out, config.overwrite)
-    train_spec = config.train_data or str(bundled_corpus_path())
-    train_sources = resolve_sources(train_spec)
+    train_data = config.train_data or str(bundled_corpus_path())
+    train_sources = resolve_sources(train_data)
+    train_spec = " ".join(train_data) if isinstance(train_data, list) else train_data  # for messages
     val_sources = resolve_sources(config.val_data) if config.val_data else []
     stream = _DocumentStream(train_sources, val_sources, config)
     tokenizer_file = out / TOKENIZER_FILE_NAME

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,22 @@ def _supported_files(paths: list[Path]) -> list[SourceFile]:
             if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES]
 
 
-def resolve_sources(spec: str | Path) -> list[SourceFile]:
-    """Expand `spec` (a file, a folder searched recursively, or a glob) into sorted corpus files."""
+def resolve_sources(spec: str | Path | Sequence[str | Path]) -> list[SourceFile]:
+    """Expand `spec` (a file, a folder searched recursively, a glob, or a list of these) into corpus files.
+
+    Each folder or glob is sorted; a list keeps its order and drops files already listed.
+    """
+    if not isinstance(spec, (str, Path)):
+        seen: set[Path] = set()
+        merged = []
+        for item in spec:
+            for source in resolve_sources(item):
+                if source.path.resolve() not in seen:
+                    seen.add(source.path.resolve())
+                    merged.append(source)
+        if not merged:
+            raise DataError("no corpus path given")
+        return merged
     text = str(spec)
     if not text:
         raise DataError("no corpus path given")

@@ -43,6 +43,15 @@ def test_run_writes_data_and_prints_summary(tmp_path: Path, capsys: pytest.Captu
     assert len(PackedTokenDataset(tmp_path / "out")) == manifest.splits["train"].num_blocks
 
 
+def test_several_paths_as_a_shell_glob_would_give(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = _corpus(tmp_path), tmp_path / "more.txt"
+    second.write_text("Another tale.\n<|endoftext|>\n", encoding="utf-8")
+    args = _parse(["--train-data-dir", str(first), str(second), "--output-dir", str(tmp_path / "out"),
+                   "--vocab-size", "300", "--seq-len", "8", "--val-fraction", "0"])
+    assert prepare_cli.run(args) == 0
+    assert load_manifest(tmp_path / "out").splits["train"].num_documents == 61
+
+
 def test_delimiter_escapes(tmp_path: Path) -> None:
     assert _parse(["--delimiter", "\\n\\n"]).delimiter == "\n\n"
     assert _parse(["--delimiter", "§§"]).delimiter == "§§"

@@ -212,3 +212,13 @@ def test_bad_options_raise_config_error(tmp_path: Path, kwargs: dict, pattern: s
     src = _write_txt(tmp_path / "c.txt", _stories(5))
     with pytest.raises(ConfigError, match=pattern):
         prepare_corpus(tmp_path / "out", src, **kwargs)
+
+
+def test_list_of_sources_keeps_order_and_drops_repeats(tmp_path: Path) -> None:
+    a = _write_txt(tmp_path / "a.txt", _stories(3))
+    b = _write_txt(tmp_path / "b.txt", _stories(5))
+    summary = prepare_corpus(tmp_path / "out", [b, str(tmp_path / "*.txt")], vocab_size=BYTES_ONLY, seq_len=4,
+                             val_fraction=0.0)
+    assert summary.num_documents["train"] == 8
+    assert [Path(s.path).name for s in load_manifest(tmp_path / "out").sources] == ["b.txt", "a.txt"]
+    assert a.exists()
