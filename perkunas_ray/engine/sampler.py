@@ -1,0 +1,82 @@
+"""Turn a step's logits into tokens: repetition penalty, greedy or temperature / top-k / top-p / min-p
+sampling with a per-request generator, and (top) logprobs of the model's distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.engine.request import Request
+
+
+@dataclasses.dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]  # per row: {sampled id: lp, top-k ids: lp}, or None
+
+
+def apply_repetition_penalty(logits: torch.Tensor, token_ids: list[int], penalty: float) -> torch.Tensor:
+    """HF/vLLM rule on one row: a seen token's positive logit is divided by the penalty, a negative one
+    multiplied."""
+    if penalty == 1.0 or not token_ids:
+        return logits
+    seen = torch.tensor(sorted(set(token_ids)), dtype=torch.long, device=logits.device)
+    picked = logits[seen]
+    logits = logits.clone()
+    logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One row of temperature-scaled logits with top-k, top-p and min-p applied (-inf = removed)."""
+    if params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+        """logits (S, V) fp32, one row per request in `requests` order."""
+        token_ids: list[int] = [0] * len(requests)
+        greedy_rows: list[int] = []
+        # Logprobs are the model's own distribution, before penalties and temperature (vLLM's default).
+        wanted = [row for row, r in enumerate(requests) if r.params.logprobs is not None]
+        raw_logprobs = torch.log_softmax(logits[wanted], dim=-1) if wanted else None
+        for row, request in enumerate(requests):
+            params = request.params
+            if params.repetition_penalty != 1.0:
+                logits[row] = apply_repetition_penalty(logits[row], request.all_token_ids, params.repetition_penalty)
+            if params.temperature == 0:
+                greedy_rows.append(row)
+                continue
+            scaled = filter_logits(logits[row] / params.temperature, params)
+            probs = scaled.softmax(-1)
+            token_ids[row] = int(torch.multinomial(probs, 1, generator=request.generator))
+        if greedy_rows:
+            best = logits[greedy_rows].argmax(-1).tolist()
+            for row, token in zip(greedy_rows, best, strict=True):
+                token_ids[row] = token
+        logprobs: list[dict[int, float] | None] = [None] * len(requests)
+        if raw_logprobs is not None:
+            for lp, row in zip(raw_logprobs, wanted, strict=True):
+                k = requests[row].params.logprobs or 0
+                entry = {token_ids[row]: float(lp[token_ids[row]])}
+                if k:
+                    top = torch.topk(lp, k)
+                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+                logprobs[row] = entry
+        return SamplerOutput(token_ids, logprobs)
