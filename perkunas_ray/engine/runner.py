@@ -111,4 +111,5 @@ class ModelRunner:
         rows = [last_row[id(item)] for item in output.scheduled if item.samples]
         if not rows:
             return torch.empty(0, self.cfg.vocab_size, device=dev)
-        return (h[rows] @ self.model.head_weight.t()).float()
+        picked = h.index_select(0, torch.tensor(rows, dtype=torch.long, device=dev))
+        return (picked @ self.model.head_weight.t()).float()
