@@ -49,13 +49,14 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 class Sampler:
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         """logits (S, V) fp32, one row per request in `requests` order."""
         token_ids: list[int] = [0] * len(requests)
         greedy_rows: list[int] = []
         # Logprobs are the model's own distribution, before penalties and temperature (vLLM's default).
         wanted = [row for row, r in enumerate(requests) if r.params.logprobs is not None]
-        raw_logprobs = torch.log_softmax(logits[wanted], dim=-1) if wanted else None
+        raw_logprobs = torch.log_softmax(self._rows(logits, wanted), dim=-1) if wanted else None
         for row, request in enumerate(requests):
             params = request.params
             if params.repetition_penalty != 1.0:
@@ -67,7 +68,7 @@ class Sampler:
             probs = scaled.softmax(-1)
             token_ids[row] = int(torch.multinomial(probs, 1, generator=request.generator))
         if greedy_rows:
-            best = logits[greedy_rows].argmax(-1).tolist()
+            best = self._rows(logits, greedy_rows).argmax(-1).tolist()
             for row, token in zip(greedy_rows, best, strict=True):
                 token_ids[row] = token
         logprobs: list[dict[int, float] | None] = [None] * len(requests)
@@ -80,3 +81,9 @@ class Sampler:
                     entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=True))
                 logprobs[row] = entry
         return SamplerOutput(token_ids, logprobs)
+
+    @staticmethod
+    def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        if len(rows) == logits.shape[0]:
+            return logits
+        return logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))

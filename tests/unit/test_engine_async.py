@@ -1,0 +1,161 @@
+"""The async side: concurrent streams interleave, deltas add up, aborts and dropped consumers free blocks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import torch
+
+from perkunas_ray.config import ModelConfig
+from perkunas_ray.engine import Engine, KVPolicy, RequestOutput, SamplingParams
+from perkunas_ray.engine.native import NativeEngine
+from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
+from perkunas_ray.errors import ConfigError
+from perkunas_ray.model.decoder import build_model
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return toy_tokenizer(sample_lines(300), 512)
+
+
+@pytest.fixture
+def engine(tokenizer: Any) -> NativeEngine:
+    cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                      max_seq_len=128).validate()
+    return NativeEngine(build_model(cfg, seed=10), tokenizer, 0, KVPolicy(block_size=4, num_blocks=64))
+
+
+def assert_all_blocks_free(engine: NativeEngine) -> None:
+    stats = engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.num_blocks_used) == (0, 0, 0)
+    assert stats.num_blocks_free == stats.num_blocks_total
+
+
+async def collect(engine: NativeEngine, request_id: str, prompt: Any, params: SamplingParams,
+                  log: list[tuple[str, int]]) -> list[RequestOutput]:
+    outs = []
+    async for out in engine.stream(request_id, prompt, params):
+        log.append((request_id, len(out.outputs[0].token_ids)))
+        outs.append(out)
+    return outs
+
+
+def test_engine_satisfies_the_protocol(engine: NativeEngine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.max_model_len == 128 and engine.block_size == 4 and engine.eos_token_id == 0
+
+
+def test_concurrent_streams_interleave_and_deltas_add_up(engine: NativeEngine) -> None:
+    prompts = ["Once upon a time", "The cat sat on the mat and", "Lily"]
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (12, 20, 8)]
+    log: list[tuple[str, int]] = []
+
+    async def main() -> list[list[RequestOutput]]:
+        return await asyncio.gather(*(collect(engine, f"r{i}", p, sp, log)
+                                      for i, (p, sp) in enumerate(zip(prompts, params, strict=True))))
+
+    results = asyncio.run(main())
+    # Continuous batching: every request produced tokens before the first one finished.
+    first_done = next(i for i, (rid, n) in enumerate(log) if n == 8 and rid == "r2")
+    assert {rid for rid, _ in log[:first_done]} == {"r0", "r1", "r2"}
+    expected = engine.generate(prompts, params)
+    for outs, want in zip(results, expected, strict=True):
+        final = outs[-1]
+        assert final.finished and all(not o.finished for o in outs[:-1])
+        seq = final.outputs[0]
+        assert seq.token_ids == want.outputs[0].token_ids
+        assert [t for o in outs for t in o.outputs[0].delta_token_ids] == seq.token_ids
+        assert "".join(o.outputs[0].delta_text for o in outs) == seq.text == want.outputs[0].text
+    assert_all_blocks_free(engine)
+
+
+def test_stream_holds_back_text_that_may_become_a_stop_string(engine: NativeEngine) -> None:
+    base = engine.generate(["Once upon a time"], SamplingParams(max_tokens=30, temperature=0))[0].outputs[0].text
+    stop = next(base[i:i + 4] for i in range(10, len(base) - 4) if "\ufffd" not in base[i:i + 4])
+
+    async def main() -> list[RequestOutput]:
+        return await collect(engine, "s", "Once upon a time", SamplingParams(max_tokens=30, temperature=0,
+                                                                             stop=[stop]), [])
+
+    outs = asyncio.run(main())
+    streamed = "".join(o.outputs[0].delta_text for o in outs)
+    assert streamed == outs[-1].outputs[0].text == base[:base.index(stop)]
+    assert all(stop not in o.outputs[0].text for o in outs)
+    assert outs[-1].outputs[0].finish_reason == "stop"
+
+
+def test_abort_and_dropped_consumers_free_their_blocks(engine: NativeEngine) -> None:
+    long = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+
+    async def aborted() -> RequestOutput:
+        last = None
+        async for out in engine.stream("a", "Once upon a time there was", long):
+            last = out
+            if len(out.outputs[0].token_ids) == 3:
+                await engine.abort("a")
+        return last
+
+    async def dropped() -> int:
+        n = 0
+        async for _ in engine.stream("b", "The little dog", long):
+            n += 1
+            if n == 2:
+                break
+        return n
+
+    async def cancelled() -> None:
+        async for _ in engine.stream("c", "A big red ball", long):
+            await asyncio.sleep(10)
+
+    async def main() -> tuple[RequestOutput, int, list[int]]:
+        task = asyncio.create_task(cancelled())
+        a, b = await asyncio.gather(aborted(), dropped())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)  # let the engine apply the aborts
+        await engine.abort("never-existed")  # a no-op
+        return a, b, [engine.stats().num_blocks_used]
+
+    last, n, _ = asyncio.run(main())
+    assert last.finished and last.outputs[0].finish_reason == "abort"
+    assert len(last.outputs[0].token_ids) < 60 and n == 2
+    assert_all_blocks_free(engine)
+    # The engine keeps working afterwards, also in a new event loop.
+    out = engine.generate(["Once"], SamplingParams(max_tokens=3, temperature=0))[0]
+    assert len(out.outputs[0].token_ids) == 3
+    assert_all_blocks_free(engine)
+
+
+def test_stream_of_n_completions_and_duplicate_ids(engine: NativeEngine) -> None:
+    async def main() -> list[RequestOutput]:
+        outs = []
+        async for out in engine.stream("multi", "Once upon", SamplingParams(n=2, max_tokens=5, seed=1)):
+            outs.append(out)
+            if len(outs) == 1:
+                with pytest.raises(ConfigError, match="already live"):
+                    async for _ in engine.stream("multi", "x", SamplingParams()):
+                        pass
+        return outs
+
+    outs = asyncio.run(main())
+    final = outs[-1]
+    assert final.finished and [c.index for c in final.outputs] == [0, 1]
+    assert all(len(c.token_ids) == 5 and c.finish_reason == "length" for c in final.outputs)
+    for i in range(2):
+        assert [t for o in outs for t in o.outputs[i].delta_token_ids] == final.outputs[i].token_ids
+    assert_all_blocks_free(engine)
