@@ -1,0 +1,117 @@
+"""`perkunas generate` / `perkunas chat` and NativeEngine.from_path on a real run dir; the vLLM adapter's mapping."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from perkunas_ray.cli import main
+from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.engine import KVPolicy, SamplingParams
+from perkunas_ray.engine.native import NativeEngine
+from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
+from perkunas_ray.errors import ConfigError, PerkunasError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training run dir (config.json, tokenizer.json, one checkpoint) of a tiny random model."""
+    from perkunas_ray.checkpoint.format import checkpoint_dir_name, save_run_config, write_checkpoint
+    from perkunas_ray.model.decoder import build_model
+    from perkunas_ray.model.shards import split_state_dict
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                      max_seq_len=128).validate()
+    save_run_config(root, RunConfig(model=cfg))
+    toy_tokenizer(sample_lines(300), 512).save(str(root / "tokenizer.json"))
+    state = {k: v.detach().clone() for k, v in build_model(cfg, seed=12).state_dict().items()}
+    write_checkpoint(root / "checkpoints" / checkpoint_dir_name(5), split_state_dict(cfg, state), {},
+                     {"step": 5, "tokens_seen": 0})
+    return root
+
+
+def test_from_path_loads_a_run_dir(run_dir: Path) -> None:
+    engine = NativeEngine.from_path(run_dir, KVPolicy(block_size=8))
+    prompt = engine.tokenizer.encode("Once upon a time").ids
+    out = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0))[0]
+    assert out.outputs[0].token_ids == engine.model.generate_greedy(torch.tensor([prompt]), 6, engine.eos_token_id)
+    assert engine.chat_template and engine.name == run_dir.name and engine.eos_token_id == 0
+
+
+def test_generate_cli_streams_one_prompt_and_batches_several(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    engine = NativeEngine.from_path(run_dir)
+    expected = engine.generate(["Once upon a time"], SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].text
+    assert main(["generate", str(run_dir), "--prompt", "Once upon a time", "--temperature", "0",
+                 "--max-new-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "Once upon a time" + expected + "\n"
+    assert "8 tokens" in captured.err
+    assert main(["generate", str(run_dir), "--prompt", "Once", "--prompt", "The dog", "--json", "--top-k", "5",
+                 "--top-p", "0.9", "--seed", "1", "--max-new-tokens", "4", "--kv-dtype", "int8"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["prompt"] for x in lines] == ["Once", "The dog"]
+    assert all(len(x["completions"][0]["token_ids"]) == 4 for x in lines)
+    assert main(["generate", str(run_dir), "--prompt", "x", "--top-p", "0"]) == 2  # a ConfigError, reported
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_chat_cli_applies_commands_and_keeps_history(run_dir: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("/temp 0\n/tokens 5\nHello there\n/topk 3\n/topp 2\n/settings\n"
+                                                 "Tell me more\n/bogus\n/quit\n"))
+    assert main(["chat", str(run_dir), "--system", "Be brief."]) == 0
+    out = capsys.readouterr().out
+    assert "(temperature = 0.0)" in out and "(max_tokens = 5)" in out and "(top_k = 3)" in out
+    assert "not changed" in out and "unknown command /bogus" in out
+    assert "(temp 0.0, topk 3, topp 1.0, tokens 5)" in out
+    assert out.count("bot> ") == 2
+
+
+def test_chat_session_renders_the_conversation(run_dir: Path) -> None:
+    from perkunas_ray.cli.chat import ChatSession
+
+    session = ChatSession(NativeEngine.from_path(run_dir), SamplingParams(max_tokens=3, temperature=0), "sys")
+    sink = io.StringIO()
+    answer = session.reply("hi", sink)
+    assert sink.getvalue() == answer
+    assert session.prompt() == f"<|system|>sys<|end|><|user|>hi<|end|><|assistant|>{answer}<|end|><|assistant|>"
+    assert session.stop_token_ids == [session.engine.tokenizer.token_to_id("<|end|>")]
+
+
+def test_vllm_adapter_maps_the_policy_and_fails_clearly_without_vllm() -> None:
+    from perkunas_ray.engine.vllm_engine import VLLMEngine, vllm_engine_args, vllm_sampling_kwargs
+
+    args = vllm_engine_args("/m", KVPolicy(block_size=32, kv_dtype="int8", enable_prefix_caching=False,
+                                           kv_budget_bytes=2**30), gpu_memory_utilization=0.5)
+    assert args["block_size"] == 32 and args["kv_cache_dtype"] == "fp8" and args["enable_prefix_caching"] is False
+    assert args["kv_cache_memory_bytes"] == 2**30 and args["gpu_memory_utilization"] == 0.5
+    assert vllm_engine_args("/m", KVPolicy(num_blocks=100))["num_gpu_blocks_override"] == 100
+    assert vllm_engine_args("/m", KVPolicy())["kv_cache_dtype"] == "auto"
+    with pytest.raises(ConfigError, match="pruning"):
+        vllm_engine_args("/m", KVPolicy(pruning="sink_window"))
+    kw = vllm_sampling_kwargs(SamplingParams(top_k=0, stop=["x"], n=2, logprobs=1))
+    assert kw["top_k"] == -1 and kw["stop"] == ["x"] and kw["n"] == 2 and kw["logprobs"] == 1
+    try:
+        import vllm  # noqa: F401
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        with pytest.raises(PerkunasError, match="engine 'vllm' needs the vllm extra and a GPU"):
+            VLLMEngine("/nonexistent")
