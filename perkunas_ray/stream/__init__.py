@@ -1,0 +1,1 @@
+"""The streaming step and what it shares with the reference trainer: schedules, optimizers, clipping."""
