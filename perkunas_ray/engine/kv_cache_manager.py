@@ -109,6 +109,10 @@ class KVCacheManager:
     def prune(self, request: Request, sink_tokens: int, window_tokens: int) -> list[int]:
         """StreamingLLM: free the blocks lying wholly between the first `sink_tokens` and the last
         `window_tokens` computed tokens; their table entries become NULL_BLOCK_ID. Returns freed ids.
+
+        Positions are not re-indexed: RoPE positions keep growing with the sequence (StreamingLLM's
+        simple variant), so the cached keys stay valid and nothing is re-rotated; the attention mask
+        is by absolute position, and the pruned blocks are simply absent from the gathered keys.
         """
         block_ids = self.req_to_block_ids.get(request.request_id)
         if not block_ids:
