@@ -23,3 +23,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared data dir (vocab ~400, seq_len 32) from the first ~120 KB of the bundled corpus."""
+    from perkunas_ray.data import bundled_corpus_path, prepare_corpus
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    text = bundled_corpus_path().read_text(encoding="utf-8")
+    cut = text.index("<|endoftext|>", 120_000) + len("<|endoftext|>")
+    corpus = root / "corpus.txt"
+    corpus.write_text(text[:cut], encoding="utf-8")
+    out = root / "prepared"
+    prepare_corpus(out, corpus, vocab_size=400, seq_len=32, val_fraction=0.1, show_progress=False)
+    return out

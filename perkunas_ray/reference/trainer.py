@@ -161,7 +161,7 @@ class ReferenceTrainer:
             with autocast_context(self.device, t.dtype):
                 loss = self.model(x, y) / t.gradient_accumulation_steps
             self.scaler.scale(loss).backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             self.tokens_seen += x.numel()
         backward_s = time.perf_counter() - forward_backward
         update_start = time.perf_counter()
@@ -206,10 +206,10 @@ class ReferenceTrainer:
             if self.verbose and (self.step % max(1, t.max_steps // 20) == 0 or self.step == 1):
                 self._say(f"step {self.step:6d} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
                           f"grad norm {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s")
-            if t.validate_every and self.step % t.validate_every == 0 and self.step < target:
-                if (v := self.validate()) is not None:
-                    val_losses.append((self.step, v))
-                    self._say(f"step {self.step:6d} | val loss {v:.4f} | val ppl {math.exp(min(v, 50)):.2f}")
+            due = t.validate_every and self.step % t.validate_every == 0 and self.step < target
+            if due and (v := self.validate()) is not None:
+                val_losses.append((self.step, v))
+                self._say(f"step {self.step:6d} | val loss {v:.4f} | val ppl {math.exp(min(v, 50)):.2f}")
             if t.save_every and self.step % t.save_every == 0 and self.step < target:
                 self.save_checkpoint()
         if (v := self.validate()) is not None:
