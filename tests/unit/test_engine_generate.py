@@ -130,9 +130,10 @@ def test_max_model_len_is_capped_by_the_pool_and_long_prompts_are_rejected(token
     assert len(out.outputs[0].token_ids) == 5 and out.outputs[0].finish_reason == "length"
 
 
-def test_int8_kv_top1_agreement_with_model_dtype(tokenizer: Any, prompts: list[list[int]]) -> None:
-    torch.manual_seed(0)
-    model = build_model(small_config(), seed=5)
+@pytest.mark.parametrize("init_std", [0.02, 0.3], ids=["std0.02", "std0.3-sharp"])
+def test_int8_kv_top1_agreement_with_model_dtype(init_std: float, tokenizer: Any, prompts: list[list[int]]) -> None:
+    # The larger init makes a chaotic, sharply peaked model: quantisation noise does flip some choices.
+    model = build_model(small_config(init_std=init_std), seed=5)
     engine = NativeEngine(model, tokenizer, 0, KVPolicy(block_size=4, kv_dtype="int8"))
     max_tokens = 40
     outputs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
@@ -148,7 +149,7 @@ def test_int8_kv_top1_agreement_with_model_dtype(tokenizer: Any, prompts: list[l
     first_divergence = [next((i for i, (a, b) in enumerate(zip(o.outputs[0].token_ids, r, strict=True)) if a != b),
                              max_tokens) for o, r in zip(outputs, reference(model, prompts, max_tokens, eos=-1),
                                                          strict=True)]
-    print(f"int8 KV top-1 agreement with fp32 KV: {rate:.4f} ({agree}/{total} steps); "
+    print(f"init_std {init_std}: int8 KV top-1 agreement with fp32 KV: {rate:.4f} ({agree}/{total} steps); "
           f"greedy sequences identical up to token {first_divergence}")
     assert rate >= 0.9
     stats = engine.stats()
