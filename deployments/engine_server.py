@@ -1,0 +1,42 @@
+"""EngineServer: the Serve shell over `EngineService` (one engine per replica; streaming, stats, routing stats)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from perkunas_ray.kvserve.registry import ModelSpec
+from perkunas_ray.kvserve.service import EngineService
+
+
+class EngineServer:
+    """Options (replicas, resources, router) are applied by `deployments.app.engine_deployment`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from ray import serve
+
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a replica (direct construction in tests)
+            replica = "local"
+        self.service = EngineService(spec, replica=replica)
+
+    def info(self) -> dict[str, Any]:
+        return self.service.info()
+
+    async def stream(self, request_id: str, prompt_token_ids: list[int],
+                     params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        # Serve cancels this generator when the caller (the ingress) cancels or drops the call; the
+        # service's finally then aborts the engine request, freeing its KV blocks.
+        async for chunk in self.service.stream(request_id, prompt_token_ids, params):
+            yield chunk
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.service.stats()
+
+    async def reset_prefix_cache(self) -> None:
+        await self.service.reset_prefix_cache()
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's request-router hook (polled by the controller): this replica's cached block hashes."""
+        return await self.service.routing_stats()

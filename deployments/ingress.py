@@ -1,0 +1,75 @@
+"""KVServeIngress: the Serve shell over the plain FastAPI app, talking to EngineServer deployments by handle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from perkunas_ray.errors import PerkunasError
+from perkunas_ray.kvserve.api import create_app
+from perkunas_ray.kvserve.auth import TokenAuth, parse_tokens, tokens_from_env
+from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.errors import APIError
+from perkunas_ray.kvserve.metrics import RequestMetrics
+from perkunas_ray.kvserve.registry import Registry
+
+logger = logging.getLogger("ray.serve")
+
+
+def _user_error(exc: BaseException) -> PerkunasError | None:
+    """The PerkunasError behind a Ray task error raised by an engine replica, if that is what it was."""
+    seen = exc
+    for _ in range(4):
+        if isinstance(seen, PerkunasError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+        if seen is None:
+            return None
+    return None
+
+
+class ServeBackend(Backend):
+    """Engine calls over DeploymentHandles; the prompt's token ids go as a keyword for the KV-aware router."""
+
+    def __init__(self, registry: Registry, handles: dict[str, Any]) -> None:
+        super().__init__(registry)
+        self.handles = handles
+
+    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+        return await self.handles[model_id].info.remote()
+
+    async def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+                     params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        gen = self.handles[model_id].options(stream=True).stream.remote(
+            request_id=request_id, prompt_token_ids=prompt_token_ids, params=params)
+        try:
+            async for chunk in gen:
+                yield chunk
+        except Exception as exc:
+            user_error = _user_error(exc)
+            if user_error is not None:
+                raise APIError(400, str(user_error)) from None
+            raise
+        finally:
+            # A dropped client cancels us: cancel the engine call, whose replica then aborts the request.
+            gen.cancel()
+
+    async def stats(self, model_id: str) -> dict[str, Any]:
+        return await self.handles[model_id].stats.remote()
+
+
+class KVServeIngress:
+    def __init__(self, handles: dict[str, Any], registry: Registry, api_tokens: Any = None,
+                 max_body_bytes: int | None = None) -> None:
+        tokens = parse_tokens(api_tokens) if api_tokens not in (None, "") else tokens_from_env()
+        if not tokens and registry.api_tokens:
+            tokens = parse_tokens(registry.api_tokens)
+        self.auth = TokenAuth(tokens)
+        self.backend = ServeBackend(registry, handles)
+        self.max_body_bytes = max_body_bytes or registry.max_body_bytes
+        log = logger.info if self.auth.enabled else logger.warning
+        log("kvserve ingress: %s", self.auth.describe())
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.backend, self.auth, max_body_bytes=self.max_body_bytes, metrics=RequestMetrics())

@@ -1,0 +1,1 @@
+"""kvserve: the OpenAI-compatible serving layer (protocol, auth, registry, KV-aware routing policy, app)."""

@@ -1,0 +1,111 @@
+"""What the HTTP app talks to: per-model frontends (tokenizer, limits, template) and a stream of engine deltas.
+
+`LocalBackend` runs `EngineService`s in-process (tests, tools); the Serve ingress implements the same
+methods over deployment handles (deployments/ingress.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from perkunas_ray.chat_template import render_chat
+from perkunas_ray.kvserve.errors import APIError, model_not_found
+from perkunas_ray.kvserve.registry import Registry
+from perkunas_ray.kvserve.service import EngineService
+
+
+class ModelFrontend:
+    """The ingress-side view of one model: its tokenizer, context limit and chat template."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer
+
+        self.model_id: str = info["model_id"]
+        self.engine: str = info["engine"]
+        self.max_model_len: int = info["max_model_len"]
+        self.block_size: int = info["block_size"]
+        self.eos_token_id: int = info["eos_token_id"]
+        self.chat_template: str = info["chat_template"]
+        self.vocab_size: int = info["vocab_size"]
+        self.kv_policy: dict[str, Any] = info["kv_policy"]
+        self.tokenizer = Tokenizer.from_str(info["tokenizer_json"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text).ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        try:
+            return render_chat(messages, add_generation_prompt, self.chat_template)
+        except Exception as exc:  # noqa: BLE001 - a template error is the request's fault (its messages)
+            raise APIError(400, f"cannot render the chat template: {exc}", param="messages") from None
+
+
+class Backend:
+    """Frontends cached per model; subclasses fetch engine info and stream requests."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.created = int(time.time())
+        self._frontends: dict[str, ModelFrontend] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def model_ids(self) -> list[str]:
+        return list(self.registry.models)
+
+    def model_card(self, model_id: str) -> dict[str, Any]:
+        spec = self.registry.models.get(model_id)
+        if spec is None:
+            raise model_not_found(model_id)
+        frontend = self._frontends.get(model_id)
+        return {"id": model_id, "object": "model", "created": self.created, "owned_by": "perkunas",
+                "root": spec.source, "parent": None, "engine": spec.engine,
+                "max_model_len": frontend.max_model_len if frontend else spec.max_model_len,
+                "kv_policy": spec.policy_dict(),
+                "replicas": spec.autoscaling_config or spec.num_replicas}
+
+    async def frontend(self, model_id: str) -> ModelFrontend:
+        if model_id not in self.registry.models:
+            raise model_not_found(model_id)
+        frontend = self._frontends.get(model_id)
+        if frontend is None:
+            lock = self._locks.setdefault(model_id, asyncio.Lock())
+            async with lock:
+                frontend = self._frontends.get(model_id)
+                if frontend is None:
+                    frontend = ModelFrontend(await self.fetch_info(model_id))
+                    self._frontends[model_id] = frontend
+        return frontend
+
+    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+               params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def stats(self, model_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    """Engines in this process (one EngineService per model)."""
+
+    def __init__(self, registry: Registry, services: dict[str, EngineService]) -> None:
+        super().__init__(registry)
+        self.services = services
+
+    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+        return self.services[model_id].info()
+
+    def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+               params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self.services[model_id].stream(request_id, prompt_token_ids, params)
+
+    async def stats(self, model_id: str) -> dict[str, Any]:
+        return await self.services[model_id].stats()
