@@ -19,8 +19,7 @@ from perkunas_ray import __version__
 from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.export.gguf_vocab import add_vocab
-from perkunas_ray.export.hf import check_dtype
-from perkunas_ray.export.source import ExportSource, check_exportable, load_export_source
+from perkunas_ray.export.source import ExportSource, check_dtype, check_exportable, load_export_source
 from perkunas_ray.export.staging import check_output, staged_file
 
 GGUF_DTYPES = {"f32": (np.float32, gguf.LlamaFileType.ALL_F32),
@@ -128,7 +127,6 @@ def export_gguf(run_dir: str | Path, output: str | Path, dtype: str = "f32", ove
     check_dtype(dtype, GGUF_DTYPES)
     check_output(output, overwrite, "--output", is_dir=False)
     source = load_export_source(run_dir, step, tokenizer_dir, target="GGUF")
-    gguf_arch(source.config)
     with staged_file(output, overwrite) as tmp:
         write_gguf(source, tmp, dtype)
     return output

@@ -9,9 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from perkunas_ray.config import ModelConfig
-from perkunas_ray.export.errors import ExportError
 from perkunas_ray.export.manifest import write_export_manifest
-from perkunas_ray.export.source import check_exportable, load_export_source
+from perkunas_ray.export.source import check_dtype, check_exportable, load_export_source
 from perkunas_ray.export.staging import check_output, staged_dir
 from perkunas_ray.export.tokenizer_files import ExportTokenizer, write_hf_tokenizer_files, write_json
 
@@ -19,11 +18,6 @@ HF_DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float1
              "bf16": (torch.bfloat16, "bfloat16")}
 WEIGHTS_FILE = "model.safetensors"
 LM_HEAD = "lm_head.weight"
-
-
-def check_dtype(dtype: str, choices: dict[str, Any]) -> None:
-    if dtype not in choices:
-        raise ExportError(f"--dtype must be one of {', '.join(choices)}, got {dtype!r}")
 
 
 def hf_architecture(cfg: ModelConfig) -> tuple[str, str]:

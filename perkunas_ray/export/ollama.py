@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from perkunas_ray.export.gguf_export import GGUF_DTYPES, gguf_arch, write_gguf
-from perkunas_ray.export.hf import check_dtype
 from perkunas_ray.export.manifest import write_export_manifest
-from perkunas_ray.export.source import load_export_source
+from perkunas_ray.export.source import check_dtype, load_export_source
 from perkunas_ray.export.staging import check_output, staged_dir
 from perkunas_ray.export.tokenizer_files import ExportTokenizer
 
@@ -48,7 +47,6 @@ def export_ollama(run_dir: str | Path, output_dir: str | Path, dtype: str = "f16
     check_dtype(dtype, GGUF_DTYPES)
     check_output(output_dir, overwrite, "--output-dir", is_dir=True)
     source = load_export_source(run_dir, step, tokenizer_dir, target="GGUF")
-    gguf_arch(source.config)
     text = modelfile(source.tokenizer, chat=chat, system=system, temperature=temperature, top_p=top_p)
     with staged_dir(output_dir, overwrite) as tmp:
         write_gguf(source, tmp / GGUF_FILE, dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from perkunas_ray.checkpoint.format import (
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.errors import CheckpointError
 from perkunas_ray.export.errors import ExportError
-from perkunas_ray.export.tokenizer_files import TOKENIZER_FILE, ExportTokenizer, load_export_tokenizer
+from perkunas_ray.export.tokenizer_files import ExportTokenizer, load_export_tokenizer
 
 
 @dataclasses.dataclass
@@ -53,6 +54,11 @@ def select_checkpoint(run_dir: Path, step: int | None) -> Path:
     return ckpt
 
 
+def check_dtype(dtype: str, choices: dict[str, Any]) -> None:
+    if dtype not in choices:
+        raise ExportError(f"--dtype must be one of {', '.join(choices)}, got {dtype!r}")
+
+
 def check_exportable(cfg: ModelConfig, target: str) -> None:
     """Refuse a model feature that no target architecture expresses, naming it."""
     if cfg.attn_softcap > 0:
@@ -70,8 +76,7 @@ def load_export_source(run_dir: str | Path, step: int | None = None, tokenizer_d
     verify_checkpoint(ckpt)  # every file against its sha256, the error names the first bad one
     state = load_model_state(ckpt, verify=False)
     run_state = read_state(ckpt)
-    tokenizer_file = (Path(tokenizer_dir) / TOKENIZER_FILE) if tokenizer_dir is not None else run_dir / TOKENIZER_FILE
-    tokenizer = load_export_tokenizer(tokenizer_file, cfg.vocab_size)
+    tokenizer = load_export_tokenizer(run_dir if tokenizer_dir is None else Path(tokenizer_dir), cfg.vocab_size)
     return ExportSource(run_dir=run_dir, checkpoint_dir=ckpt, step=int(run_state.get("step", -1)),
                         tokens_seen=int(run_state.get("tokens_seen", 0)), config=cfg, state=state,
                         tokenizer=tokenizer)

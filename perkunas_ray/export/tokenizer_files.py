@@ -54,7 +54,7 @@ class ExportTokenizer:
 
 def resolve_tokenizer_file(path: Path) -> Path:
     """A tokenizer.json itself or a folder holding one."""
-    return path / TOKENIZER_FILE if path.is_dir() else path
+    return path if path.suffix == ".json" and not path.is_dir() else path / TOKENIZER_FILE
 
 
 def load_export_tokenizer(path: str | Path, model_vocab_size: int) -> ExportTokenizer:
