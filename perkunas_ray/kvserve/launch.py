@@ -1,0 +1,52 @@
+"""Start a local Ray + Serve and deploy the kvserve app (used by `perkunas serve`, the benchmark and tests)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+APP_NAME = "kvserve"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
+                include_dashboard: bool = False) -> None:
+    """ray.init (unless already connected) and serve.start on host:port."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+
+
+def deploy(args: dict[str, Any], name: str = APP_NAME, route_prefix: str = "/") -> Any:
+    """Build and run the app (blocks until it is healthy); returns the ingress handle."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    return serve.run(build_app(args), name=name, route_prefix=route_prefix)
+
+
+def undeploy(name: str = APP_NAME, timeout_s: float = 60.0) -> None:
+    from ray import serve
+
+    serve.delete(name)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and name in serve.status().applications:
+        time.sleep(0.2)
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
