@@ -11,6 +11,7 @@ ingress_num_cpus.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from perkunas_ray.errors import ConfigError
@@ -67,13 +68,25 @@ def ingress_deployment(num_cpus: float) -> Any:
         ray_actor_options={"num_cpus": num_cpus}, graceful_shutdown_timeout_s=5)
 
 
+def _find(path: str) -> Path:
+    """A relative registry path: from the working dir, else from the checkout (where serve_config.yaml points)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    import perkunas_ray
+
+    in_checkout = Path(perkunas_ray.__file__).resolve().parents[1] / candidate
+    return in_checkout if in_checkout.exists() else candidate
+
+
 def resolve_registry(args: dict[str, Any]) -> Registry:
     unknown = sorted(set(args) - set(ARG_KEYS))
     if unknown:
         raise ConfigError(f"build_app: unknown arg {unknown[0]!r} (known: {', '.join(ARG_KEYS)})")
     if bool(args.get("registry")) == bool(args.get("model_dir")):
         raise ConfigError("build_app: give exactly one of registry (a JSON/YAML file) or model_dir (a run dir)")
-    registry = load_registry(args["registry"]) if args.get("registry") else single_model_registry(args["model_dir"])
+    registry = load_registry(_find(args["registry"])) if args.get("registry") else \
+        single_model_registry(args["model_dir"])
     if args.get("router") is not None:
         if args["router"] not in ROUTER_POLICIES:
             raise ConfigError(f"build_app: router must be one of {', '.join(ROUTER_POLICIES)}, got {args['router']!r}")

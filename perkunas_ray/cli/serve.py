@@ -1,0 +1,79 @@
+"""`perkunas serve --registry FILE | --model-dir RUN`: start a local Ray + Serve with kvserve, print the URL, block."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+
+from perkunas_ray.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API (Ray Serve, KV-aware "
+                                            "routing)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--registry", help="model registry (JSON or YAML)")
+    src.add_argument("--model-dir", help="serve one run dir or Hugging Face package dir (model id: its name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-tokens", default=None, help="name:token,... (default: $KV_API_TOKENS, then the "
+                                                      "registry's api_tokens; none: auth off)")
+    p.add_argument("--router", choices=("kv", "pow2"), default=None, help="request router (default: the "
+                                                                         "registry's, else kv)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    p.add_argument("--replicas", type=int, default=None, help="with --model-dir: engine replicas (default 1)")
+    p.add_argument("--device", default=None, help="with --model-dir: cpu or cuda (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from perkunas_ray.kvserve import launch
+    from perkunas_ray.kvserve.auth import TokenAuth, parse_tokens, tokens_from_env
+    from perkunas_ray.kvserve.registry import load_registry, single_model_registry
+
+    if args.registry:
+        if args.replicas is not None or args.device is not None:
+            raise ConfigError("--replicas and --device go with --model-dir; set them in the registry instead")
+        registry = load_registry(args.registry)  # validate before starting Ray
+        build_args = {"registry": os.path.abspath(args.registry)}
+    else:
+        fields = {k: v for k, v in (("num_replicas", args.replicas), ("device", args.device)) if v is not None}
+        registry = single_model_registry(args.model_dir, **fields)
+        build_args = {"model_dir": os.path.abspath(args.model_dir)}
+        if fields:  # pass the shortcut as a registry so the extra fields travel
+            import json
+            import tempfile
+
+            spec = registry.models[next(iter(registry.models))]
+            path = os.path.join(tempfile.mkdtemp(prefix="perkunas_serve_"), "registry.json")
+            with open(path, "w") as f:
+                json.dump({"models": {spec.model_id: {"source": spec.source, **fields}}}, f)
+            build_args = {"registry": path}
+    if args.router:
+        build_args["router"] = args.router
+    tokens = parse_tokens(args.api_tokens) if args.api_tokens else tokens_from_env() or \
+        parse_tokens(registry.api_tokens)
+    if args.api_tokens:
+        build_args["api_tokens"] = args.api_tokens
+    auth = TokenAuth(tokens)
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill` shuts down as cleanly as Ctrl-C
+    launch.start_local(args.host, args.port, num_cpus=args.num_cpus)
+    try:
+        launch.deploy(build_args)
+        url = f"http://{args.host}:{args.port}"
+        print(f"kvserve: {auth.describe()}")
+        print(f"kvserve: models {', '.join(registry.models)}; router {args.router or registry.router.policy}")
+        print(f"kvserve: serving at {url}/v1 (OpenAI API; health: {url}/health). Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("kvserve: shutting down", flush=True)
+    finally:
+        launch.shutdown()
+    return 0
