@@ -1,0 +1,129 @@
+"""Where a streamed run lives (durable + active dirs) and how it starts: init shards, or resume the newest checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perkunas_ray.checkpoint.durable import DurableDir, is_uri
+from perkunas_ray.checkpoint.format import (
+    CHECKPOINTS,
+    checkpoint_dir_name,
+    encode_rng,
+    load_run_config,
+    publish_manifest,
+    read_state,
+    save_tensors,
+    write_json_atomic,
+)
+from perkunas_ray.checkpoint.resume import fetch_latest
+from perkunas_ray.config import RunConfig, to_dict
+from perkunas_ray.data import BatchCursor, PackedTokenDataset
+from perkunas_ray.errors import CheckpointError, ConfigError
+from perkunas_ray.model.shards import stream_shard_specs
+from perkunas_ray.run_setup import seed_run_dir
+from perkunas_ray.stream.store import init_shard
+
+RUN_FILES = ("config.json", "tokenizer.json", "train_log.jsonl", "trainer_state.json")
+
+
+@dataclasses.dataclass
+class RunPaths:
+    """durable: the archive (path or URI); active: fast local working state; log_dir: where the JSONL goes."""
+
+    durable: str
+    active: Path
+    log_dir: Path
+
+    @property
+    def durable_is_local(self) -> bool:
+        return not is_uri(self.durable) or self.durable.startswith("file://")
+
+    @property
+    def mirrored_files(self) -> tuple[str, ...]:
+        """Files written in the active dir that each flush copies to the durable dir (remote durable only)."""
+        return () if self.log_dir != self.active else RUN_FILES
+
+
+def resolve_paths(cfg: RunConfig) -> RunPaths:
+    """active_run_dir empty: <run_dir>/active for a local run dir, a local temp dir for a URI run dir."""
+    run_dir = cfg.checkpoint.run_dir
+    if not run_dir:
+        raise ConfigError("checkpoint.run_dir must be given (--run-dir DIR or a filesystem URI)")
+    if is_uri(run_dir) and not run_dir.startswith("file://"):
+        digest = hashlib.sha256(run_dir.encode()).hexdigest()[:12]
+        active = Path(cfg.checkpoint.active_run_dir or Path(tempfile.gettempdir()) / "perkunas-active" / digest)
+        log_dir = active
+    else:
+        local = Path(run_dir.removeprefix("file://")).resolve()
+        active = Path(cfg.checkpoint.active_run_dir).resolve() if cfg.checkpoint.active_run_dir else local / "active"
+        log_dir = local
+    active.mkdir(parents=True, exist_ok=True)
+    return RunPaths(run_dir, active, log_dir)
+
+
+def initial_state(cfg: RunConfig, train: PackedTokenDataset) -> dict[str, Any]:
+    """state.json of step 0: the cursor at its start and the RNG as torch.manual_seed(seed) leaves it."""
+    cursor = BatchCursor(train, cfg.train.micro_batch_size, cfg.train.shuffle_train, cfg.train.seed)
+    rng = torch.Generator().manual_seed(cfg.train.seed).get_state()
+    return {"step": 0, "tokens_seen": 0, "cursor": cursor.state_dict(), "rng": encode_rng(rng),
+            "trainer": "stream", "loss_scale": None}
+
+
+def init_run(cfg: RunConfig, paths: RunPaths, train: PackedTokenDataset) -> Path:
+    """--init-shards: config.json, tokenizer.json and checkpoint step 0, each shard initialised on its own."""
+    durable = DurableDir(paths.durable)
+    if durable.list_checkpoints():
+        raise ConfigError(f"run dir {paths.durable} already holds checkpoints; refusing to overwrite it "
+                          f"(train it with --train, or pick a new --run-dir)")
+    seed_dir = paths.log_dir
+    seed_run_dir(seed_dir, cfg, train)
+    ckpt = paths.active / CHECKPOINTS / checkpoint_dir_name(0)
+    for spec in stream_shard_specs(cfg.model):
+        save_tensors(ckpt / "shards" / f"{spec.name}.safetensors", init_shard(cfg, spec.name, cfg.train.seed))
+        save_tensors(ckpt / "optim" / f"{spec.name}.safetensors", {})
+    write_json_atomic(ckpt / "state.json", initial_state(cfg, train))
+    publish_manifest(ckpt, step=0)
+    durable.upload_checkpoint(ckpt, 0)
+    if seed_dir == paths.active:  # remote durable dir: publish the run files too
+        for name in ("config.json", "tokenizer.json"):
+            if (seed_dir / name).is_file():
+                durable.upload_file(seed_dir / name, name)
+    return ckpt
+
+
+def run_config_of(paths: RunPaths) -> RunConfig:
+    """The config a run dir was initialised with (its config.json)."""
+    durable = DurableDir(paths.durable)
+    if not durable.exists():
+        raise CheckpointError(f"run dir {paths.durable} does not exist; create it with --init-shards")
+    if durable.local_path is None:
+        durable.download_file("config.json", paths.active / "config.json")
+        return load_run_config(paths.active)
+    return load_run_config(durable.local_path)
+
+
+def latest_state(paths: RunPaths) -> tuple[Path, dict[str, Any]]:
+    """(local checkpoint dir, state.json) of the newest complete durable checkpoint; CheckpointError if none."""
+    durable = DurableDir(paths.durable)
+    if not durable.exists():
+        raise CheckpointError(f"run dir {paths.durable} does not exist; create it with --init-shards")
+    found = fetch_latest(durable, paths.active)
+    if found is None:
+        raise CheckpointError(f"run dir {paths.durable} has no complete checkpoint under {CHECKPOINTS}/; "
+                              f"create one with --init-shards")
+    _, ckpt = found
+    return ckpt, read_state(ckpt)
+
+
+def check_model_matches(cfg: RunConfig, recorded: RunConfig, run_dir: str) -> None:
+    """Flags may change how a run trains, not the model it trains."""
+    if to_dict(cfg.model) != to_dict(recorded.model):
+        diff = [k for k, v in to_dict(cfg.model).items() if to_dict(recorded.model).get(k) != v]
+        raise ConfigError(f"model config differs from the one run dir {run_dir} was initialised with "
+                          f"(field(s) {', '.join(diff)}); start a new run dir to change the model")
