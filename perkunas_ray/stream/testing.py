@@ -1,0 +1,69 @@
+"""Small data dirs, configs and one-call runs of the streaming runtime, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perkunas_ray.checkpoint.flush import CheckpointFlusher
+from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.data import bundled_corpus_path, prepare_corpus
+from perkunas_ray.reference.trainer import TrainResult
+from perkunas_ray.run_setup import open_datasets
+from perkunas_ray.stream.local import LocalBackend
+from perkunas_ray.stream.loop import TrainLoop
+from perkunas_ray.stream.session import init_run, latest_state, resolve_paths
+from perkunas_ray.stream.store import ShardStore
+
+
+def small_data_dir(out_dir: Path, num_chars: int = 150_000, vocab_size: int = 300, seq_len: int = 32) -> Path:
+    """A prepared data dir from the head of the bundled corpus (well under a second)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "data" / "manifest.json").is_file():
+        return out_dir / "data"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = bundled_corpus_path().read_text(encoding="utf-8")[:num_chars]
+    (out_dir / "slice.txt").write_text(text, encoding="utf-8")
+    prepare_corpus(out_dir / "data", str(out_dir / "slice.txt"), vocab_size=vocab_size, seq_len=seq_len,
+                   show_progress=False)
+    return out_dir / "data"
+
+
+def small_config(data_dir: Path, run_dir: Path, **train: Any) -> RunConfig:
+    """A ~50K-parameter model, 3 micro-batches per step, global clipping that triggers."""
+    cfg = RunConfig()
+    cfg.model = ModelConfig(vocab_size=300, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48,
+                            max_seq_len=32, lm_head_chunk_tokens=48)
+    t = cfg.train
+    t.data_dir, t.micro_batch_size, t.gradient_accumulation_steps = str(data_dir), 4, 3
+    t.max_steps, t.max_grad_norm, t.learning_rate, t.warmup_steps = 10, 0.5, 3e-3, 2
+    t.validate_every = t.save_every = 0
+    t.max_validation_batches, t.device = 2, "cpu"
+    cfg.checkpoint.run_dir, cfg.checkpoint.durable_flush_every = str(run_dir), 0
+    for key, value in train.items():
+        section, _, name = key.partition("__")
+        if name:
+            setattr(getattr(cfg, section), name, value)
+        else:
+            setattr(t, key, value)
+    return cfg.validate()
+
+
+def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False) -> TrainResult:
+    """Init (if needed) and train a run with the in-process backend."""
+    paths = resolve_paths(cfg)
+    train, val = open_datasets(cfg)
+    try:
+        latest_state(paths)
+    except Exception:
+        init_run(cfg, paths, train)
+    ckpt, state = latest_state(paths)
+    store = ShardStore.from_checkpoint(cfg, ckpt)
+    flusher = CheckpointFlusher(paths.durable, paths.active, cfg.checkpoint.keep_last_checkpoints)
+    backend = LocalBackend(cfg, store, torch.device(device), paths.active, flusher)
+    try:
+        return TrainLoop(cfg, backend, train, val, paths.log_dir, state, verbose=verbose).run()
+    finally:
+        backend.close()
