@@ -27,7 +27,7 @@ class KVAwareRequestRouter(RequestRouter):
         self.index = PrefixIndex(optimistic_ttl_s)
         self.block_size = block_size
         self.inflight: defaultdict[str, int] = defaultdict(int)
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(deployment=self._deployment_id.name)
         self._counted: OrderedDict[str, None] = OrderedDict()
         self.num_decisions: defaultdict[str, int] = defaultdict(int)
 

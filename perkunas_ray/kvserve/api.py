@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve import convert
 from perkunas_ray.kvserve.auth import TokenAuth
 from perkunas_ray.kvserve.backend import Backend
@@ -97,6 +98,11 @@ def create_app(backend: Backend, auth: TokenAuth, *, max_body_bytes: int = 1 << 
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         record(request.url.path, exc.status_code)
         return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(PerkunasError)
+    async def _user_error(request: Request, exc: PerkunasError) -> JSONResponse:
+        record(request.url.path, 400)
+        return JSONResponse(error_body(str(exc)), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

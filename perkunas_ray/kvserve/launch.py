@@ -16,13 +16,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-                include_dashboard: bool = False) -> None:
-    """ray.init (unless already connected) and serve.start on host:port."""
+                include_dashboard: bool = False, metrics_export_port: int | None = None) -> None:
+    """ray.init (unless already connected) and serve.start on host:port (Prometheus metrics on
+    `metrics_export_port` when given)."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False)
+        extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
+        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False, **extra)
     serve.start(http_options={"host": host, "port": port})
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from perkunas_ray.telemetry import metric_names as names
 
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+
+def _zero(counter: Any, tags: dict[str, str]) -> None:
+    """Create a counter's series at 0, so dashboards see it before its first event (a preemption may never
+    come). Ray's public `inc` refuses 0; `_record` is what it calls."""
+    record = getattr(counter, "_record", None)
+    if record is not None:
+        with contextlib.suppress(Exception):  # best effort; the first real inc creates the series anyway
+            record(0, tags=tags)
 
 
 class _Null:
@@ -73,6 +83,8 @@ class EngineMetrics:
                                      tag_keys=("model",))
         self.preemptions = m.Counter(names.SERVE_PREEMPTIONS, "sequences preempted (recomputed)",
                                      tag_keys=("model",))
+        for counter in (self.prefix_queries, self.prefix_hits, self.preemptions):
+            _zero(counter, self.model_tags)
 
     def _delta(self, key: str, value: int) -> int:
         last = self._last.get(key, 0)
@@ -93,10 +105,13 @@ class EngineMetrics:
 class RouterMetrics:
     """Emitted by the request router: prefix-match vs fallback decisions."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, deployment: str = "") -> None:
         m = _metrics_module(enabled)
         self.decisions = _Null() if m is None else m.Counter(
             names.SERVE_ROUTER_DECISIONS, "routing decisions", tag_keys=("decision", "deployment"))
+        if m is not None:
+            for kind in ("prefix_match", "fallback"):
+                _zero(self.decisions, {"decision": kind, "deployment": deployment})
 
     def decision(self, kind: str, deployment: str = "") -> None:
         self.decisions.inc(1, tags={"decision": kind, "deployment": deployment})

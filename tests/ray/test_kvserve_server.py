@@ -10,6 +10,7 @@ import pytest
 pytestmark = pytest.mark.ray
 
 TOKEN = "ray-test-token"
+METRICS_PORT = [0]
 PROMPT = "Once upon a time there was a little girl named Lily. She liked to play with her toys in the big park."
 
 
@@ -23,7 +24,8 @@ def server(tmp_path_factory):
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_replicas: 1\n    num_cpus: 0\n"
                         "    kv_policy: {num_blocks: 128}\nmax_body_bytes: 8192\n")
     port = launch.free_port()
-    launch.start_local("127.0.0.1", port, num_cpus=2)
+    METRICS_PORT[0] = launch.free_port()
+    launch.start_local("127.0.0.1", port, num_cpus=2, metrics_export_port=METRICS_PORT[0])
     try:
         launch.deploy({"registry": str(registry), "api_tokens": f"test:{TOKEN}"})
         yield f"http://127.0.0.1:{port}"
@@ -115,3 +117,22 @@ def test_client_disconnect_frees_blocks(server) -> None:
     assert stats["num_running"] == 0 and stats["num_waiting"] == 0
     assert stats["num_blocks_used"] == 0
     assert stats["num_aborted"] == before["num_aborted"] + 1  # it was aborted, not run to its 400 tokens
+
+
+def test_serving_metrics_exported(server, client) -> None:
+    """Every serving metric name of the dashboards' contract reaches Ray's Prometheus endpoint."""
+    import httpx
+
+    from perkunas_ray.telemetry import metric_names as names
+
+    client.completions.create(model="tiny", prompt=PROMPT, max_tokens=3)
+    wanted = {n for n in names.ALL_NAMES if n.startswith("perkunas_serve_")}
+    assert len(wanted) == 13
+    missing = wanted
+    deadline = time.time() + 45
+    while missing and time.time() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT[0]}/metrics", timeout=10).text
+        missing = {n for n in wanted if f"{names.RAY_PREFIX}{n}" not in text}
+        if missing:
+            time.sleep(2)
+    assert not missing, f"not exported: {sorted(missing)}"
