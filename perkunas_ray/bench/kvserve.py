@@ -143,16 +143,17 @@ def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
             "itl_p50_ms": 1e3 * _pct(itl, 0.5), "itl_p99_ms": 1e3 * _pct(itl, 0.99),
             "output_tokens_per_s": out / wall if wall else 0.0, "requests_per_s": len(results) / wall if wall else 0.0,
             "prompt_tokens": prompt, "cached_tokens": cached, "prefix_hit_rate": cached / prompt if prompt else 0.0,
-            "mean_e2e_ms": 1e3 * statistics.fmean(r["e2e"] for r in results) if results else 0.0}
+            "mean_e2e_ms": 1e3 * statistics.fmean(r["e2e"] for r in results) if results else 0.0,
+            "cached_tokens_per_request": [r["cached_tokens"] for r in results]}
 
 
 # ---- deployments --------------------------------------------------------------------------------
 
 def write_registry(path: Path, model_dir: str | Path, replicas: int, num_blocks: int, block_size: int,
-                   policy: str) -> Path:
+                   policy: str, **router: Any) -> Path:
     path.write_text(json.dumps({"models": {"bench": {
         "source": str(model_dir), "num_replicas": replicas, "num_cpus": 0, "max_ongoing_requests": 64,
-        "kv_policy": {"num_blocks": num_blocks, "block_size": block_size}}}, "router": {"policy": policy}}))
+        "kv_policy": {"num_blocks": num_blocks, "block_size": block_size}}}, "router": {"policy": policy, **router}}))
     return path
 
 
@@ -224,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
     met = kv_ratio >= GOAL_HIT_RATIO
     print(f"\nprefix-hit rate vs 1 replica ({single:.3f}): kv router x{kv_ratio:.2f}, default router "
           f"x{default_ratio:.2f}; goal x{GOAL_HIT_RATIO} {'met' if met else 'MISSED'}")
+    for by_workload in results.values():
+        for r in by_workload.values():
+            r.pop("cached_tokens_per_request", None)
     print(json.dumps({"bench": "kvserve", "replicas": args.replicas, "concurrency": args.concurrency,
                       "num_prefixes": args.num_prefixes, "repeats": args.repeats, "max_tokens": args.max_tokens,
                       "results": results, "hit_ratio_kv_vs_single": kv_ratio,
