@@ -118,3 +118,18 @@ def test_dropped_stream_frees_blocks(served) -> None:
         assert stats["num_blocks_used"] == 0 and stats["num_running"] == 0 and stats["num_aborted"] >= 1
 
     asyncio.run(run())
+
+
+def test_n_choices_stop_and_echo(served) -> None:
+    client, _, _ = served
+    out = client.post("/v1/completions", headers=H, json={"model": "tiny", "prompt": PROMPT, "max_tokens": 4,
+                                                          "n": 2, "seed": 1, "echo": True}).json()
+    assert [c["index"] for c in out["choices"]] == [0, 1]
+    assert all(c["text"].startswith(PROMPT) for c in out["choices"])
+    assert out["usage"]["completion_tokens"] == 8
+    greedy = client.post("/v1/completions", headers=H, json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8,
+                                                             "temperature": 0}).json()["choices"][0]["text"]
+    stop = greedy.strip().split()[1] if len(greedy.strip().split()) > 1 else greedy.strip()
+    stopped = client.post("/v1/completions", headers=H, json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8,
+                                                              "temperature": 0, "stop": [stop]}).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop" and stop not in stopped["choices"][0]["text"]
