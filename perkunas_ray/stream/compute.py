@@ -104,6 +104,7 @@ class StreamCompute:
         """batch: (M, B, T+1) token blocks of one optimizer step. Returns loss (mean over micro-batches)."""
         dtype = self.cfg.train.dtype
         num_micro = batch.shape[0]
+        batch = np.array(batch)  # an object-store batch is read-only; torch wants writable memory
         xs, ys = zip(*(split_batch(batch[m], self.device) for m in range(num_micro)), strict=True)
         stats = StepStats(num_tokens=sum(x.numel() for x in xs))
         self.tracker.reset_peak()
@@ -201,6 +202,7 @@ class StreamCompute:
     def eval_losses(self, batches: np.ndarray, loader: Loader) -> list[float]:
         """Per-batch mean loss of (K, B, T+1) batches, streamed shard-major like the training forward."""
         num = batches.shape[0]
+        batches = np.array(batches)
         xs, ys = zip(*(split_batch(batches[k], self.device) for k in range(num)), strict=True)
         traces = self.trace_factory(self.tracker)
         stager = self._stager(loader, self.eval_schedule())

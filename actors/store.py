@@ -1,0 +1,61 @@
+"""ShardStoreActor: a thin Ray shell over perkunas_ray.stream.store.ShardStore (the host tier)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perkunas_ray.config import RunConfig
+from perkunas_ray.stream.interface import StoreStats
+from perkunas_ray.stream.store import ShardStore
+
+
+class ShardStoreActor:
+    """Returns shard versions as numpy dicts: each lands once in the object store and is read zero-copy."""
+
+    def __init__(self, cfg: RunConfig, ckpt_dir: str, num_threads: int = 1) -> None:
+        torch.set_num_threads(num_threads)
+        self.core = ShardStore.from_checkpoint(cfg, Path(ckpt_dir))
+
+    def ping(self) -> bool:
+        return True
+
+    def get_shard(self, name: str) -> dict[str, np.ndarray]:
+        return self.core.shard_arrays(name)
+
+    def put_grads(self, name: str, grads: dict[str, np.ndarray]) -> bool:
+        self.core.put_grads(name, grads)
+        return True
+
+    def update(self, name: str, lr: float, clip_coef: float | None, grad_scale: float,
+               snapshot: bool) -> tuple[dict[str, np.ndarray], StoreStats]:
+        """Call with num_returns=2: (the new version, the store's stats)."""
+        self.core.update(name, lr, clip_coef, grad_scale, snapshot)
+        return self.core.shard_arrays(name), self.core.stats()
+
+    def put_and_update(self, name: str, grads: dict[str, np.ndarray], lr: float,
+                       snapshot: bool) -> tuple[dict[str, np.ndarray], StoreStats]:
+        self.core.put_grads(name, grads)
+        return self.update(name, lr, None, 1.0, snapshot)
+
+    def restore(self) -> bool:
+        self.core.restore()
+        return True
+
+    def commit(self) -> bool:
+        self.core.commit()
+        return True
+
+    def checkpoint(self, ckpt_dir: str, state: dict[str, Any], prune_root: str, keep: int) -> str:
+        self.core.checkpoint(Path(ckpt_dir), state, Path(prune_root), keep)
+        return ckpt_dir
+
+    def stats(self) -> StoreStats:
+        return self.core.stats()
+
+    def drain(self) -> bool:
+        self.core.drain()
+        return True
