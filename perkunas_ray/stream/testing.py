@@ -67,3 +67,18 @@ def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False)
         return TrainLoop(cfg, backend, train, val, paths.log_dir, state, verbose=verbose).run()
     finally:
         backend.close()
+
+
+def train_with_ray(cfg: RunConfig, verbose: bool = False, compute_threads: int = 0) -> TrainResult:
+    """Init (if needed) and train a run on the actors, in an already initialised Ray."""
+    from actors.driver import run_training
+
+    paths = resolve_paths(cfg)
+    train, val = open_datasets(cfg)
+    try:
+        latest_state(paths)
+    except Exception:
+        init_run(cfg, paths, train)
+    ckpt, state = latest_state(paths)
+    name = f"{Path(paths.durable).name}-{abs(hash(paths.durable)) % 10**6}"
+    return run_training(cfg, paths, train, val, ckpt, state, name, verbose=verbose, compute_threads=compute_threads)
