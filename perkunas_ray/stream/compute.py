@@ -19,6 +19,7 @@ import torch
 from torch.func import functional_call
 
 from perkunas_ray.config import RunConfig
+from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes, stream_shard_specs
 from perkunas_ray.reference.trainer import autocast_context, split_batch
 from perkunas_ray.run_setup import rss_bytes
@@ -47,6 +48,11 @@ class StreamCompute:
         sizes = [shard_num_bytes(cfg.model, s) for s in self.specs]
         embed_bytes = cfg.model.vocab_size * cfg.model.d_model * 4
         self.grad_allowance = max(sizes) + (embed_bytes if self.tied else 0)
+        budget = cfg.stream.max_resident_bytes
+        if budget and max(sizes) + self.grad_allowance > budget:
+            raise ConfigError(f"stream.max_resident_bytes is {budget:,} but the largest shard needs "
+                              f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients); "
+                              f"raise the budget or lower model.layers_per_shard")
         self.trace_factory = trace_factory or (lambda tracker: LocalTraceStore(
             trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}
