@@ -102,7 +102,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     needs_existing = (args.train or args.validate) and not args.init_shards
     if needs_existing and not given_run_dir and not args.config:
         raise ConfigError("--train/--validate need --run-dir (a run dir made by --init-shards)")
-    if given_run_dir and not args.config and (needs_existing or _has_checkpoints(given_run_dir)):
+    auto_resume = not args.init_shards and _has_checkpoints(given_run_dir) if given_run_dir else False
+    if given_run_dir and not args.config and (needs_existing or auto_resume):
         cfg = _apply_overrides(_existing_run_config(given_run_dir), args)
         init = False
     else:
@@ -154,16 +155,18 @@ def validate_run(cfg: RunConfig) -> float:
     return val_loss
 
 
-def connect_ray(args: argparse.Namespace) -> None:
+def connect_ray(args: argparse.Namespace) -> bool:
+    """Join RAY_ADDRESS's cluster, or start a local Ray; True when this call started or joined it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, namespace="perkunas")
     else:
         ray.init(num_cpus=args.ray_num_cpus or None, include_dashboard=args.dashboard, namespace="perkunas")
+    return True
 
 
 def train_run(cfg: RunConfig, init: bool, args: argparse.Namespace) -> int:
@@ -176,7 +179,9 @@ def train_run(cfg: RunConfig, init: bool, args: argparse.Namespace) -> int:
     if durable.local_path is not None:
         check_run_dir_matches(durable.local_path, train)
     if not init:
-        _existing_run_config(cfg.checkpoint.run_dir)
+        from perkunas_ray.stream.session import check_model_matches
+
+        check_model_matches(cfg, _existing_run_config(cfg.checkpoint.run_dir), cfg.checkpoint.run_dir)
     paths = resolve_paths(cfg)
     if init:
         init_run(cfg, paths, train)
@@ -192,11 +197,17 @@ def train_run(cfg: RunConfig, init: bool, args: argparse.Namespace) -> int:
     if args.in_process:
         result = _train_in_process(cfg, paths, train, val, ckpt, state, not args.quiet)
     else:
+        import ray
+
         from actors.driver import run_training
 
-        connect_ray(args)
-        result = run_training(cfg, paths, train, val, ckpt, state, run_name, verbose=not args.quiet,
-                              compute_threads=args.compute_threads)
+        ray_started = connect_ray(args)
+        try:
+            result = run_training(cfg, paths, train, val, ckpt, state, run_name, verbose=not args.quiet,
+                                  compute_threads=args.compute_threads)
+        finally:
+            if ray_started:
+                ray.shutdown()
     report = _build_report(paths.log_dir)
     wall = time.perf_counter() - started
     final_val = result.val_losses[-1][1] if result.val_losses else float("nan")
