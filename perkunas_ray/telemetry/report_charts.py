@@ -191,7 +191,13 @@ def render(chart: Chart) -> str:
     parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
              f'aria-label="{html.escape(chart.title)}">',
              f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" class="plot"/>']
-    y_ticks = log_ticks(10**y0, 10**y1) if chart.log_y else nice_ticks(y0, y1)
+    if chart.log_y:
+        y_ticks = log_ticks(10**y0, 10**y1)
+    elif chart.unit == "bytes":  # round numbers of MiB / GiB, not of bytes
+        scale = next((b for b in (2**30, 2**20, 2**10) if max(abs(y0), abs(y1)) >= b), 1)
+        y_ticks = [t * scale for t in nice_ticks(y0 / scale, y1 / scale)]
+    else:
+        y_ticks = nice_ticks(y0, y1)
     for t in y_ticks:
         y = py(t)
         parts.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'

@@ -1,8 +1,13 @@
-"""Every dashboard query returns data from a real Prometheus scraping a real Ray cluster with our config."""
+"""Every dashboard query returns data from a real Prometheus scraping a real Ray cluster with our config.
+
+Serving metrics come from the real kvserve app on Ray Serve; training metrics from a stand-in actor that sets
+the same gauges, until the streaming runtime's Ray driver (`python -m perkunas_ray.train`) lands.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -11,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -38,44 +44,57 @@ def http_json(url: str, timeout: float = 5.0) -> dict:
 
 
 # ---- metric sources ------------------------------------------------------------------------------------
-def start_emitter():
-    """A Ray actor that records every metric in metric_names.py with the tags the real emitters use."""
+def start_training_emitter():
+    """A Ray actor that sets every training gauge (tag `run`) the way the streaming runtime does.
+
+    Stands in for `python -m perkunas_ray.train` until the streaming runtime's Ray driver lands.
+    """
     import ray
     from ray.util import metrics
 
     @ray.remote(num_cpus=0)
-    class Emitter:
+    class TrainingEmitter:
         def __init__(self) -> None:
             self.gauges = {f: metrics.Gauge(n, "test", tag_keys=("run",)) for f, n in mn.TRAIN_GAUGES.items()}
             self.val = metrics.Gauge(mn.TRAIN_VAL_LOSS, "test", tag_keys=("run",))
-            self.requests = metrics.Counter(mn.SERVE_REQUESTS, "test", tag_keys=("route", "status"))
-            self.hists = [metrics.Histogram(n, "test", [0.01, 0.1, 1.0], tag_keys=("model",))
-                          for n in (mn.SERVE_TTFT, mn.SERVE_ITL, mn.SERVE_E2E)]
-            self.model_counters = [metrics.Counter(n, "test", tag_keys=("model",)) for n in (
-                mn.SERVE_PROMPT_TOKENS, mn.SERVE_GENERATION_TOKENS, mn.SERVE_PREFIX_QUERIES, mn.SERVE_PREFIX_HITS,
-                mn.SERVE_PREEMPTIONS)]
-            self.replica_gauges = [metrics.Gauge(n, "test", tag_keys=("model", "replica")) for n in (
-                mn.SERVE_KV_BLOCKS_USED, mn.SERVE_KV_BLOCKS_FREE, mn.SERVE_QUEUE_LENGTH)]
-            self.router = metrics.Counter(mn.SERVE_ROUTER_DECISIONS, "test", tag_keys=("decision", "deployment"))
             self.i = 0
 
         def emit(self) -> int:
             self.i += 1
-            run, model = {"run": "obs-test"}, {"model": "tiny"}
+            run = {"run": "obs-test"}
             for f, g in self.gauges.items():
                 g.set(float(self.i) if f in ("step", "tokens_seen") else 1.0 / self.i + 0.5, tags=run)
             self.val.set(2.0, tags=run)
-            self.requests.inc(1, tags={"route": "/v1/completions", "status": "200"})
-            for h in self.hists:
-                h.observe(0.05, tags=model)
-            for c in self.model_counters:
-                c.inc(3, tags=model)
-            for g in self.replica_gauges:
-                g.set(4.0, tags={**model, "replica": "0"})
-            self.router.inc(1, tags={"decision": "prefix_match", "deployment": "engine"})
             return self.i
 
-    return Emitter.remote()
+    return TrainingEmitter.remote()
+
+
+PROMPT = "Once upon a time there was a little girl named Lily. She liked to play with her toys in the big park."
+TOKEN = "obs-token"
+
+
+def post(url: str, body: dict, token: str = TOKEN) -> int:
+    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def serving_traffic(base: str) -> list[int]:
+    """Concurrent completions that share a prefix (prefix-cache hits) and overflow 10 KV blocks
+    (preemptions), a streamed chat (inter-token latency) and one unauthorized request (a 401)."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda i: post(f"{base}/v1/completions", {
+            "model": "tiny", "prompt": f"{PROMPT} {i}", "max_tokens": 80, "temperature": 0}), range(6)))
+    statuses.append(post(f"{base}/v1/chat/completions", {
+        "model": "tiny", "messages": [{"role": "user", "content": "A dog."}], "max_tokens": 8, "stream": True}))
+    statuses.append(post(f"{base}/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}, "wrong"))
+    return statuses
 
 
 # ---- Ray and Prometheus --------------------------------------------------------------------------------
@@ -93,6 +112,28 @@ def ray_session():
     yield session_dir
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def serving(ray_session, tmp_path_factory):
+    """The real kvserve app (ingress, KV-aware router, one native engine on a tiny random model) on Serve."""
+    from ray import serve
+
+    from perkunas_ray.kvserve import launch
+    from perkunas_ray.kvserve.toy import make_tiny_run_dir
+
+    work = tmp_path_factory.mktemp("serving")
+    run = make_tiny_run_dir(work / "tiny")
+    registry = work / "registry.yaml"
+    registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_replicas: 1\n    num_cpus: 0\n"
+                        "    kv_policy: {num_blocks: 10, block_size: 16, max_num_seqs: 8}\n")
+    port = free_port()
+    launch.start_local("127.0.0.1", port)
+    try:
+        launch.deploy({"registry": str(registry), "api_tokens": f"test:{TOKEN}"})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +208,13 @@ def wait_for_all_panels(base: str, keep_emitting=None) -> list[str]:
         time.sleep(2)
 
 
+def wait_for_series(base: str, expr: str, timeout_s: float = 60) -> list[dict]:
+    deadline = time.time() + timeout_s
+    while not (result := query(base, expr)) and time.time() < deadline:
+        time.sleep(1)
+    return result
+
+
 def test_targets_come_from_rays_service_discovery_file(prometheus):
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -179,19 +227,37 @@ def test_targets_come_from_rays_service_discovery_file(prometheus):
     assert any(t["health"] == "up" for t in active), active
 
 
-def test_every_dashboard_query_returns_series(prometheus):
+def test_every_dashboard_query_returns_series(prometheus, serving):
     import ray
 
-    emitter = start_emitter()
+    emitter = start_training_emitter()
     ray.get(emitter.emit.remote())
-    # Ray exports what was recorded since the last export; keep recording so counters move (rate() > 0).
+    statuses = serving_traffic(serving)
+    assert statuses.count(200) == 7 and statuses[-1] == 401, statuses
+    # Keep the gauges fresh while Prometheus scrapes; counters need two scrapes for rate().
     empty = wait_for_all_panels(prometheus, keep_emitting=lambda: ray.get(emitter.emit.remote()))
     assert not empty, "dashboard panels whose query returned no series:\n" + "\n".join(empty)
     # Names as Ray exports them: the ray_ prefix, a counter's _total kept once, histogram _bucket series.
-    assert query(prometheus, "ray_perkunas_train_loss"), "no ray_perkunas_train_loss"
-    assert query(prometheus, "ray_perkunas_serve_requests_total"), "no ray_perkunas_serve_requests_total"
+    # (A series recorded a moment after the others may come one export interval later: wait for it.)
+    for expr in ("ray_perkunas_train_loss", "ray_perkunas_serve_requests_total",
+                 "ray_perkunas_serve_ttft_seconds_bucket", 'ray_perkunas_serve_requests_total{status="401"}',
+                 "sum(ray_perkunas_serve_preemptions_total) > 0"):
+        assert wait_for_series(prometheus, expr), f"no series for {expr}"
     assert not query(prometheus, "ray_perkunas_serve_requests_total_total")
-    assert query(prometheus, "ray_perkunas_serve_ttft_seconds_bucket")
+
+
+def test_template_variables_have_values(prometheus, serving):
+    """Each dashboard variable's label_values(...) query finds at least one value (as Grafana would)."""
+    for file_name, dashboard in all_dashboards().items():
+        for var in dashboard["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            match = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+            assert match, var["query"]
+            selector, label = match.groups()
+            result = query(prometheus, f"count by ({label}) ({expand_variables(selector)})")
+            assert [r["metric"].get(label) for r in result if r["metric"].get(label)], \
+                f"{file_name}: variable {var['name']} has no values"
 
 
 def test_a_missing_metric_fails_its_panel(prometheus):

@@ -86,3 +86,9 @@ def test_stacked_chart_fills_layers_in_order():
 def test_log_axis_drops_non_positive_values():
     svg = render(Chart("l", "Log", [Series("a", [1, 2, 3], [100.0, 0.0, 10.0])], log_y=True))
     assert "<path" in svg and "nan" not in svg.lower().replace("nan\"", "")
+
+
+def test_byte_axis_ticks_are_round_mebibytes():
+    svg = render(Chart("m", "Memory", [Series("rss", [1, 2], [0.0, 900 * 2**20])], unit="bytes"))
+    labels = re.findall(r'class="tick" text-anchor="end">([^<]+)<', svg)
+    assert labels == ["0 B", "200.0 MiB", "400.0 MiB", "600.0 MiB", "800.0 MiB"]
