@@ -165,7 +165,9 @@ def connect_ray(args: argparse.Namespace) -> bool:
     if address:
         ray.init(address=address, namespace="perkunas")
     else:
-        ray.init(num_cpus=args.ray_num_cpus or None, include_dashboard=args.dashboard, namespace="perkunas")
+        # address="local": never join a cluster someone else's `ray start` left in /tmp/ray by accident
+        ray.init(address="local", num_cpus=args.ray_num_cpus or None, include_dashboard=args.dashboard,
+                 namespace="perkunas")
     return True
 
 

@@ -1,0 +1,109 @@
+"""`ray job submit` of `python -m perkunas_ray.train` to a local head: SUCCEEDED and a durable checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from perkunas_ray.checkpoint.format import list_checkpoints, verify_checkpoint
+from perkunas_ray.config import to_dict
+from perkunas_ray.stream.testing import small_config, small_data_dir
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A head node on loopback with its own temp dir (so no other ray.init on this machine finds it).
+
+    It is stopped by killing exactly the processes it started: `ray stop` would also stop every other
+    Ray instance of this user on a shared machine.
+    """
+    port, dash = free_port(), free_port()
+    temp_dir = Path("/tmp") / f"pk-job-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if "RAY_AUTH_MODE" not in env:
+        env["RAY_AUTH_MODE"] = "token"  # Ray 2.5x+ heads require a token; the job CLI reads ~/.ray/auth_token
+    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                             "--temp-dir", str(temp_dir), "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # 401 with token authentication: the dashboard is up
+            except OSError:
+                assert proc.poll() is None, "ray start --head exited"
+                assert time.time() < deadline, "the dashboard did not come up"
+                time.sleep(1)
+        yield url, env
+    finally:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_trains_and_flushes(tmp_path, head):
+    url, env = head
+    data = small_data_dir(tmp_path / "data")
+    cfg = small_config(data, tmp_path / "run", max_steps=4, save_every=2, checkpoint__durable_flush_every=2)
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps(to_dict(cfg)))
+    job_id = f"perkunas-test-{os.getpid()}"
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", url, "--submission-id", job_id, "--working-dir", ".", "--",
+         "python", "-m", "perkunas_ray.train", "--config", str(config_file), "--compute-threads", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    status = subprocess.run([RAY, "job", "status", "--address", url, job_id], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    # `ray job status` prints "Job '<id>' succeeded" for JobStatus.SUCCEEDED
+    assert "succeeded" in (status.stdout + status.stderr).lower(), submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "failed" not in status.stdout.lower()
+    found = list_checkpoints(tmp_path / "run")
+    assert found and found[-1][0] == 4
+    verify_checkpoint(found[-1][1])
+    assert "done: step 4" in submit.stdout
