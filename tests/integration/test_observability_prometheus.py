@@ -1,16 +1,18 @@
 """Every dashboard query returns data from a real Prometheus scraping a real Ray cluster with our config.
 
-Serving metrics come from the real kvserve app on Ray Serve; training metrics from a stand-in actor that sets
-the same gauges, until the streaming runtime's Ray driver (`python -m perkunas_ray.train`) lands.
+The metrics come from a short real training (`python -m perkunas_ray.train` on Ray actors, joined to the
+test's cluster through RAY_ADDRESS) and real requests to the kvserve app on Ray Serve.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -18,18 +20,26 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from perkunas_ray.cli import main as cli_main
-from perkunas_ray.telemetry import metric_names as mn
 from perkunas_ray.telemetry.dashboard_panels import all_dashboards, expand_variables, panel_queries
+from perkunas_ray.telemetry.report import build_charts, load_run
+from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
 
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_INTERVAL = "2s"
 QUERY_DEADLINE_S = 150
+TRAIN_RUN = "obs-run"  # the run dir's name: the `run` tag of the training gauges
+
+
+class RaySession(NamedTuple):
+    session_dir: Path
+    gcs_address: str
 
 
 def free_port() -> int:
@@ -44,32 +54,6 @@ def http_json(url: str, timeout: float = 5.0) -> dict:
 
 
 # ---- metric sources ------------------------------------------------------------------------------------
-def start_training_emitter():
-    """A Ray actor that sets every training gauge (tag `run`) the way the streaming runtime does.
-
-    Stands in for `python -m perkunas_ray.train` until the streaming runtime's Ray driver lands.
-    """
-    import ray
-    from ray.util import metrics
-
-    @ray.remote(num_cpus=0)
-    class TrainingEmitter:
-        def __init__(self) -> None:
-            self.gauges = {f: metrics.Gauge(n, "test", tag_keys=("run",)) for f, n in mn.TRAIN_GAUGES.items()}
-            self.val = metrics.Gauge(mn.TRAIN_VAL_LOSS, "test", tag_keys=("run",))
-            self.i = 0
-
-        def emit(self) -> int:
-            self.i += 1
-            run = {"run": "obs-test"}
-            for f, g in self.gauges.items():
-                g.set(float(self.i) if f in ("step", "tokens_seen") else 1.0 / self.i + 0.5, tags=run)
-            self.val.set(2.0, tags=run)
-            return self.i
-
-    return TrainingEmitter.remote()
-
-
 PROMPT = "Once upon a time there was a little girl named Lily. She liked to play with her toys in the big park."
 TOKEN = "obs-token"
 
@@ -108,10 +92,47 @@ def ray_session():
     temp_dir = tempfile.mkdtemp(prefix="pkobs-", dir="/tmp")
     ctx = ray.init(num_cpus=2, include_dashboard=True, _metrics_export_port=free_port(), _temp_dir=temp_dir,
                    log_to_driver=False)
-    session_dir = Path(ctx.address_info["session_dir"])
-    yield session_dir
+    yield RaySession(Path(ctx.address_info["session_dir"]), ctx.address_info["gcs_address"])
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def training(ray_session, tmp_path_factory):
+    """The streaming runtime training a tiny model on the bundled corpus, with guarded replay, checkpoints
+    and durable flushes every few steps; it runs (set for far more steps than needed) until the tests end."""
+    work = tmp_path_factory.mktemp("training")
+    assert cli_main(["prepare", "--output-dir", str(work / "data"), "--seq-len", "64", "--vocab-size", "2048",
+                     "--progress", "off"]) == 0
+    run_dir = work / TRAIN_RUN
+    cmd = [sys.executable, "-m", "perkunas_ray.train", "--init-shards", "--train", "--config", "tiny",
+           "--data-dir", str(work / "data"), "--run-dir", str(run_dir), "--vocab-size", "2048", "--seq-len", "64",
+           "--max-seq-len", "64", "--micro-batch-size", "4", "--gradient-accumulation-steps", "1",
+           "--max-steps", "5000", "--validate-every", "5", "--max-validation-batches", "2", "--save-every", "5",
+           "--durable-flush-every", "5", "--guarded-step-replay", "--quiet"]
+    log = open(work / "train.out", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": ray_session.gcs_address}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while not any(r.get("event") == "validation" and r.get("step", 0) > 0 for r in _log_records(run_dir)):
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                pytest.fail(f"training did not get going:\n{(work / 'train.out').read_text()[-3000:]}")
+            time.sleep(1)
+        yield run_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _log_records(run_dir: Path) -> list[dict]:
+    path = run_dir / TRAIN_LOG
+    return read_log(path) if path.is_file() else []
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +161,7 @@ def serving(ray_session, tmp_path_factory):
 def prometheus(ray_session, tmp_path_factory):
     if PROMETHEUS is None:
         pytest.skip("the `prometheus` binary is not installed (Debian: apt-get install -y prometheus)")
-    sd_file = ray_session / "prom_metrics_service_discovery.json"
+    sd_file = ray_session.session_dir / "prom_metrics_service_discovery.json"
     deadline = time.time() + 60
     while not sd_file.is_file() and time.time() < deadline:
         time.sleep(0.5)
@@ -197,11 +218,9 @@ def empty_panels(base: str) -> list[str]:
     return empty
 
 
-def wait_for_all_panels(base: str, keep_emitting=None) -> list[str]:
+def wait_for_all_panels(base: str) -> list[str]:
     deadline = time.time() + QUERY_DEADLINE_S
     while True:
-        if keep_emitting is not None:
-            keep_emitting()
         empty = empty_panels(base)
         if not empty or time.time() > deadline:
             return empty
@@ -227,26 +246,29 @@ def test_targets_come_from_rays_service_discovery_file(prometheus):
     assert any(t["health"] == "up" for t in active), active
 
 
-def test_every_dashboard_query_returns_series(prometheus, serving):
-    import ray
-
-    emitter = start_training_emitter()
-    ray.get(emitter.emit.remote())
+def test_every_dashboard_query_returns_series(prometheus, training, serving):
     statuses = serving_traffic(serving)
     assert statuses.count(200) == 7 and statuses[-1] == 401, statuses
-    # Keep the gauges fresh while Prometheus scrapes; counters need two scrapes for rate().
-    empty = wait_for_all_panels(prometheus, keep_emitting=lambda: ray.get(emitter.emit.remote()))
+    empty = wait_for_all_panels(prometheus)
     assert not empty, "dashboard panels whose query returned no series:\n" + "\n".join(empty)
     # Names as Ray exports them: the ray_ prefix, a counter's _total kept once, histogram _bucket series.
     # (A series recorded a moment after the others may come one export interval later: wait for it.)
-    for expr in ("ray_perkunas_train_loss", "ray_perkunas_serve_requests_total",
+    for expr in (f'ray_perkunas_train_step{{run="{TRAIN_RUN}"}} > 0', "ray_perkunas_train_val_loss",
+                 "ray_perkunas_serve_requests_total",
                  "ray_perkunas_serve_ttft_seconds_bucket", 'ray_perkunas_serve_requests_total{status="401"}',
                  "sum(ray_perkunas_serve_preemptions_total) > 0"):
         assert wait_for_series(prometheus, expr), f"no series for {expr}"
     assert not query(prometheus, "ray_perkunas_serve_requests_total_total")
 
 
-def test_template_variables_have_values(prometheus, serving):
+def test_report_of_the_streaming_run_has_every_chart(training):
+    """The streaming runtime logs every step field, so the HTML report leaves no chart out."""
+    charts, omitted = build_charts(load_run(training))
+    assert omitted == []
+    assert {"guard", "residency", "prefetch", "flush", "timing", "memory"} <= {c.chart_id for c in charts}
+
+
+def test_template_variables_have_values(prometheus, training, serving):
     """Each dashboard variable's label_values(...) query finds at least one value (as Grafana would)."""
     for file_name, dashboard in all_dashboards().items():
         for var in dashboard["templating"]["list"]:
