@@ -1,0 +1,165 @@
+"""`perkunas bench train`: the streaming runtime vs the reference trainer with per-block activation checkpointing.
+
+Same model, same batches, one process run. The streaming runtime gets a byte budget of
+(training state) / --over-budget; the table and the JSON line report medians over the steps after
+warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and the share of
+the streamed step spent waiting for shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from perkunas_ray.config import ModelConfig, RunConfig
+
+
+def register(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("train", help="streaming runtime vs reference trainer (activation checkpointing)",
+                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6, help="measured steps per runtime (after warm-up)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=8)
+    p.add_argument("--d-ff", type=int, default=768)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=2)
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "lion", "adafactor"))
+    p.add_argument("--over-budget", type=float, default=4.0, help="training state / streaming byte budget")
+    p.add_argument("--data-dir", default="", help="prepared data dir (default: the bundled corpus, seq 128)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--in-process", action="store_true", help="stream without Ray actors (same core)")
+    p.add_argument("--compute-threads", type=int, default=0)
+    p.add_argument("--trace-storage", default="", help="boundary storage (default: object-store on Ray, cpu in-process)")
+    p.add_argument("--work-dir", default="", help="where the two run dirs go (default: a temp dir)")
+    p.set_defaults(func=run)
+
+
+def bench_config(args: argparse.Namespace, data_dir: str, run_dir: Path) -> RunConfig:
+    vocab_size, seq_len = 8192, 128
+    if data_dir:
+        from perkunas_ray.data import load_manifest
+
+        manifest = load_manifest(data_dir)
+        vocab_size, seq_len = manifest.vocab_size, manifest.seq_len
+    cfg = RunConfig()
+    cfg.model = ModelConfig(vocab_size=vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
+                            n_kv_heads=2, d_ff=args.d_ff, max_seq_len=seq_len, tie_embeddings=True).validate()
+    cfg.stream.trace_storage = args.trace_storage or ("cpu" if args.in_process else "object-store")
+    t = cfg.train
+    t.data_dir, t.device, t.optimizer = data_dir, args.device, args.optimizer
+    t.micro_batch_size, t.gradient_accumulation_steps = args.micro_batch_size, args.gradient_accumulation_steps
+    t.max_steps = args.warmup + args.steps
+    t.lr_schedule, t.learning_rate, t.max_grad_norm = "constant", 1e-3, 1.0
+    t.validate_every = t.save_every = t.max_validation_batches = 0
+    cfg.checkpoint.run_dir, cfg.checkpoint.durable_flush_every = str(run_dir), 0
+    cfg.checkpoint.keep_last_checkpoints = 1
+    return cfg.validate()
+
+
+def training_state_bytes(cfg: RunConfig) -> int:
+    from perkunas_ray.model.decoder import count_parameters
+
+    slots = {"adamw": 2, "lion": 1, "adafactor": 1}[cfg.train.optimizer]  # adafactor: factored, ~O(rows+cols)
+    return count_parameters(cfg.model) * 4 * (2 + slots)
+
+
+def run_reference(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Reference steps with activation checkpointing; peak = resident state + saved activations per micro-batch."""
+    import torch
+
+    from perkunas_ray.reference import ReferenceTrainer
+    from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
+
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activation_checkpointing=True))
+    trainer = ReferenceTrainer(cfg, Path(cfg.checkpoint.run_dir), verbose=False)
+    records = []
+    for _ in range(cfg.train.max_steps):
+        tracker = MemoryTracker(trainer.device)
+        tracker.remember(list(trainer.names.values()))
+        with tracker.saved_activations() as counted:
+            record = trainer.train_step()
+        params = sum(tensor_bytes(p) for p in trainer.names.values())
+        optim = sum(tensor_bytes(v) for s in trainer.optimizer.state.values() for v in s.values()
+                    if torch.is_tensor(v))
+        if trainer.device.type != "cuda":  # grads were freed by zero_grad; they were as large as the params
+            record["peak_bytes"] = 2 * params + optim + sum(counted) // cfg.train.gradient_accumulation_steps
+        records.append(record)
+    return records
+
+
+def run_stream(cfg: RunConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from perkunas_ray.stream.testing import train_in_process, train_with_ray
+    from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
+
+    if args.in_process:
+        train_in_process(cfg, device="cpu" if cfg.train.device == "auto" else cfg.train.device)
+    else:
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address="local", include_dashboard=False, namespace="perkunas")
+        try:
+            train_with_ray(cfg, compute_threads=args.compute_threads)
+        finally:
+            if started:
+                ray.shutdown()
+    return [r for r in read_log(Path(cfg.checkpoint.run_dir) / TRAIN_LOG) if r["event"] == "step"]
+
+
+def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
+    return float(statistics.median(r[key] for r in records[warmup:]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from perkunas_ray.train import bundled_data_dir
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="perkunas-bench-"))
+    probe = bench_config(args, args.data_dir, work / "stream")
+    data_dir = args.data_dir or str(bundled_data_dir(probe))
+    stream_cfg = bench_config(args, data_dir, work / "stream")
+    state = training_state_bytes(stream_cfg)
+    stream_cfg.stream.max_resident_bytes = int(state / args.over_budget)
+    stream_cfg.stream.max_resident_shards = 2
+    ref_cfg = bench_config(args, data_dir, work / "reference")
+    started = time.perf_counter()
+    ref = run_reference(ref_cfg)
+    stream = run_stream(stream_cfg, args)
+    w = args.warmup
+    ref_tps, stream_tps = median(ref, "tokens_per_s", w), median(stream, "tokens_per_s", w)
+    ref_peak, stream_peak = max(r["peak_bytes"] for r in ref[w:]), max(r["peak_bytes"] for r in stream[w:])
+    wait_share = float(statistics.median(r["wait_s"] / r["step_time_s"] for r in stream[w:]))
+    result = {
+        "bench": "train", "device": ref_cfg.train.device, "optimizer": args.optimizer,
+        "params": state // (4 * (2 + {"adamw": 2}.get(args.optimizer, 1))),
+        "tokens_per_step": args.micro_batch_size * args.gradient_accumulation_steps * stream_cfg.model.max_seq_len,
+        "trace_storage": stream_cfg.stream.trace_storage,
+        "steps": args.steps, "warmup": args.warmup, "training_state_bytes": state,
+        "budget_bytes": stream_cfg.stream.max_resident_bytes, "over_budget": args.over_budget,
+        "reference_tokens_per_s": ref_tps, "stream_tokens_per_s": stream_tps, "throughput_ratio": stream_tps / ref_tps,
+        "reference_peak_bytes": ref_peak, "stream_peak_bytes": stream_peak, "memory_ratio": stream_peak / ref_peak,
+        "stream_within_budget": stream_peak <= stream_cfg.stream.max_resident_bytes,
+        "wait_share": wait_share, "stream_step_s": median(stream, "step_time_s", w),
+        "reference_step_s": median(ref, "step_time_s", w), "wall_s": time.perf_counter() - started,
+        "runtime": "in-process" if args.in_process else "ray-actors",
+    }
+    mib = 2**20
+    rows = [("", "reference (act. ckpt)", "streaming"),
+            ("tokens/s (median)", f"{ref_tps:,.0f}", f"{stream_tps:,.0f}"),
+            ("step time s (median)", f"{result['reference_step_s']:.3f}", f"{result['stream_step_s']:.3f}"),
+            ("peak bytes", f"{ref_peak / mib:.1f} MiB", f"{stream_peak / mib:.1f} MiB"),
+            ("budget", "-", f"{result['budget_bytes'] / mib:.1f} MiB (state {state / mib:.1f} MiB)"),
+            ("wait share of step", "-", f"{wait_share:.1%}")]
+    for row in rows:
+        print(f"{row[0]:<24}{row[1]:>24}{row[2]:>36}")
+    print(f"throughput ratio {result['throughput_ratio']:.3f} | memory ratio {result['memory_ratio']:.3f} | "
+          f"model state {args.over_budget:g}x the budget")
+    print(json.dumps(result))
+    return 0
