@@ -37,6 +37,8 @@ class StreamCompute:
     def __init__(self, cfg: RunConfig, device: torch.device,
                  trace_factory: Callable[[MemoryTracker], TraceStore] | None = None) -> None:
         self.cfg = cfg
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.specs = stream_shard_specs(cfg.model)
         with torch.device("meta"):

@@ -57,6 +57,12 @@ class MemoryTracker:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def live_bytes(self) -> int:
+        """What is held now: the allocator's figure on CUDA (it sees workspaces too), tracked bytes elsewhere."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return self.current
+
     def device_peak(self) -> int:
         """The figure to hold against the budget: allocator peak on CUDA, tracked peak elsewhere."""
         if self.device.type == "cuda":

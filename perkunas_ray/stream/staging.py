@@ -90,7 +90,7 @@ class ShardStager:
         if allowance is None and self.entries[index].phase == "backward":
             return False  # saved-activation size not measured yet: do not stage beside a replay
         need = self._entry_bytes(index) + self.grad_allowance + (allowance or 0)
-        return self.tracker.current + need <= self.max_bytes
+        return self.tracker.live_bytes() + need <= self.max_bytes
 
     def _entry_bytes(self, index: int) -> int:
         entry = self.entries[index]
