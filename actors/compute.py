@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -16,6 +17,12 @@ from perkunas_ray.stream.compute import StreamCompute
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
 from perkunas_ray.stream.memory import MemoryTracker
 from perkunas_ray.telemetry.train_metrics import TrainMetrics
+
+
+def normal_priority() -> None:
+    """Ray starts workers at niceness 15; the compute loop is the run's critical path, so ask for 0 back."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 class ObjectStoreTraces:
@@ -46,6 +53,7 @@ class ObjectStoreTraces:
 
 class ComputeActor:
     def __init__(self, cfg: RunConfig, store: Any, run_name: str, num_threads: int = 0) -> None:
+        normal_priority()
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.cfg = cfg
         self.store = store

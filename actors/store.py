@@ -17,6 +17,9 @@ class ShardStoreActor:
     """Returns shard versions as numpy dicts: each lands once in the object store and is read zero-copy."""
 
     def __init__(self, cfg: RunConfig, ckpt_dir: str, num_threads: int = 1) -> None:
+        from actors.compute import normal_priority
+
+        normal_priority()  # optimizer updates sit on the path to the next forward too
         torch.set_num_threads(num_threads)
         self.core = ShardStore.from_checkpoint(cfg, Path(ckpt_dir))
 
