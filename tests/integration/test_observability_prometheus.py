@@ -286,3 +286,16 @@ def test_a_missing_metric_fails_its_panel(prometheus):
     """The check above can fail: a query on a name nobody emits comes back empty."""
     assert query(prometheus, 'ray_perkunas_train_loss{run="no-such-run"}') == []
     assert query(prometheus, "ray_perkunas_train_not_a_metric") == []
+
+
+def test_install_ray_puts_ours_next_to_rays_dashboards(ray_session):
+    """Ray's Grafana provisioning (metrics/grafana/provisioning/dashboards/default.yml) loads this folder."""
+    target = ray_session.session_dir / "metrics" / "grafana" / "dashboards"
+    assert (target / "default_grafana_dashboard.json").is_file(), "Ray wrote no Grafana dashboards here"
+    provider = (target.parent / "provisioning" / "dashboards" / "default.yml").read_text()
+    assert str(target) in provider
+    assert cli_main(["dashboards", "install-ray", "--session-dir", str(ray_session.session_dir)]) == 0
+    for name, dashboard in all_dashboards().items():
+        assert json.loads((target / f"perkunas_{name}").read_text()) == dashboard
+    rays = json.loads((target / "default_grafana_dashboard.json").read_text())
+    assert "datasource" in {v["name"] for v in rays["templating"]["list"]}  # the variable ours use too
