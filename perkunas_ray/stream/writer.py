@@ -77,7 +77,9 @@ class ShardWriter:
             raise RuntimeError(f"a shard write failed: {self.error}") from self.error
 
     def close(self) -> None:
+        """Finish queued writes and stop the thread (a write error was, or will be, raised by drain/submit)."""
         if self._thread is not None:
-            self.drain()
+            with self._idle:
+                self._idle.wait_for(lambda: self._pending == 0)
             self._queue.put(None)
             self._thread.join(timeout=10)
