@@ -28,8 +28,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layers", type=int, default=8)
     p.add_argument("--d-ff", type=int, default=768)
-    p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=2)
+    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=4)
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "lion", "adafactor"))
     p.add_argument("--over-budget", type=float, default=4.0, help="training state / streaming byte budget")
     p.add_argument("--data-dir", default="", help="prepared data dir (default: the bundled corpus, seq 128)")
@@ -70,48 +70,81 @@ def training_state_bytes(cfg: RunConfig) -> int:
     return count_parameters(cfg.model) * 4 * (2 + slots)
 
 
-def run_reference(cfg: RunConfig) -> list[dict[str, Any]]:
+class ReferenceRunner:
     """Reference steps with activation checkpointing; peak = resident state + saved activations per micro-batch."""
-    import torch
 
-    from perkunas_ray.reference import ReferenceTrainer
-    from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
+    def __init__(self, cfg: RunConfig) -> None:
+        from perkunas_ray.reference import ReferenceTrainer
 
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activation_checkpointing=True))
-    trainer = ReferenceTrainer(cfg, Path(cfg.checkpoint.run_dir), verbose=False)
-    records = []
-    for _ in range(cfg.train.max_steps):
+        self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activation_checkpointing=True))
+        self.trainer = ReferenceTrainer(self.cfg, Path(self.cfg.checkpoint.run_dir), verbose=False)
+
+    def step(self) -> dict[str, Any]:
+        import torch
+
+        from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
+
+        trainer = self.trainer
         tracker = MemoryTracker(trainer.device)
         tracker.remember(list(trainer.names.values()))
+        start = time.perf_counter()
         with tracker.saved_activations() as counted:
             record = trainer.train_step()
+        record["wall_s"] = time.perf_counter() - start
         params = sum(tensor_bytes(p) for p in trainer.names.values())
-        optim = sum(tensor_bytes(v) for s in trainer.optimizer.state.values() for v in s.values()
-                    if torch.is_tensor(v))
+        optim = sum(tensor_bytes(v) for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
         if trainer.device.type != "cuda":  # grads were freed by zero_grad; they were as large as the params
-            record["peak_bytes"] = 2 * params + optim + sum(counted) // cfg.train.gradient_accumulation_steps
-        records.append(record)
-    return records
+            record["peak_bytes"] = 2 * params + optim + sum(counted) // self.cfg.train.gradient_accumulation_steps
+        return record
 
 
-def run_stream(cfg: RunConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from perkunas_ray.stream.testing import train_in_process, train_with_ray
-    from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
+class StreamRunner:
+    """The streaming runtime's loop, stepped from outside; each step's time includes waiting for its updates."""
 
-    if args.in_process:
-        train_in_process(cfg, device="cpu" if cfg.train.device == "auto" else cfg.train.device)
-    else:
-        import ray
+    def __init__(self, cfg: RunConfig, args: argparse.Namespace) -> None:
+        from perkunas_ray.device import resolve_device
+        from perkunas_ray.run_setup import open_datasets
+        from perkunas_ray.stream.loop import TrainLoop
+        from perkunas_ray.stream.session import init_run, latest_state, resolve_paths
 
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address="local", include_dashboard=False, namespace="perkunas")
-        try:
-            train_with_ray(cfg, compute_threads=args.compute_threads)
-        finally:
-            if started:
-                ray.shutdown()
-    return [r for r in read_log(Path(cfg.checkpoint.run_dir) / TRAIN_LOG) if r["event"] == "step"]
+        paths = resolve_paths(cfg)
+        train, _ = open_datasets(cfg)
+        init_run(cfg, paths, train)
+        ckpt, state = latest_state(paths)
+        self.ray_started = False
+        if args.in_process:
+            from perkunas_ray.stream.local import LocalBackend
+            from perkunas_ray.stream.store import ShardStore
+
+            backend: Any = LocalBackend(cfg, ShardStore.from_checkpoint(cfg, ckpt), resolve_device(cfg.train.device),
+                                        paths.active)
+        else:
+            import ray
+
+            from actors.driver import RayBackend, build_actors
+
+            if not ray.is_initialized():
+                ray.init(address="local", include_dashboard=False, namespace="perkunas")
+                self.ray_started = True
+            name = f"bench-{abs(hash(paths.durable)) % 10**6}"
+            actors = build_actors(cfg, paths, ckpt, name, args.compute_threads)
+            backend = RayBackend(cfg, actors, paths, resume_step=0, run_name=name)
+        self.backend = backend
+        self.loop = TrainLoop(cfg, backend, train, None, paths.log_dir, state, verbose=False)
+
+    def step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        record = self.loop.train_step()
+        self.loop.wait_updates()
+        record["wall_s"] = time.perf_counter() - start
+        return record
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.ray_started:
+            import ray
+
+            ray.shutdown()
 
 
 def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
@@ -130,8 +163,17 @@ def run(args: argparse.Namespace) -> int:
     stream_cfg.stream.max_resident_shards = 2
     ref_cfg = bench_config(args, data_dir, work / "reference")
     started = time.perf_counter()
-    ref = run_reference(ref_cfg)
-    stream = run_stream(stream_cfg, args)
+    reference, streaming = ReferenceRunner(ref_cfg), StreamRunner(stream_cfg, args)
+    ref, stream = [], []
+    try:  # interleaved, so load from elsewhere on the machine falls on both alike
+        for _ in range(args.warmup + args.steps):
+            ref.append(reference.step())
+            stream.append(streaming.step())
+    finally:
+        streaming.close()
+    for r in ref + stream:
+        r["tokens_per_s"] = r["tokens_per_s"] * r["step_time_s"] / r["wall_s"]
+        r["step_time_s"] = r["wall_s"]
     w = args.warmup
     ref_tps, stream_tps = median(ref, "tokens_per_s", w), median(stream, "tokens_per_s", w)
     ref_peak, stream_peak = max(r["peak_bytes"] for r in ref[w:]), max(r["peak_bytes"] for r in stream[w:])

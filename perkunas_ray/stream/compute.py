@@ -24,7 +24,7 @@ from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes
 from perkunas_ray.reference.trainer import autocast_context, split_batch
 from perkunas_ray.run_setup import rss_bytes
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
-from perkunas_ray.stream.memory import MemoryTracker, dict_bytes, tensor_bytes
+from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
 
@@ -156,15 +156,18 @@ class StreamCompute:
         grad_in: list[torch.Tensor | None] = [None] * num_micro
         tied_grad: torch.Tensor | None = None
         loss_total = 0.0
+        # Each shard's gradient bytes are reserved before the previous shard is released, so the stager
+        # never fills the room they need (it gates on the live byte count).
+        grad_bytes = stager.entry_bytes(nfwd)
+        self.tracker.add("grads", grad_bytes)
         for offset, index in enumerate(range(nfwd, -1, -1)):
             spec = self.specs[index]
             params = stager.take(nfwd + offset)
             leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
             owned = [k for k in leaves if not (self.tied and k == EMBED_WEIGHT and spec.kind == "head")]
-            grad_bytes = dict_bytes(params)
-            self.tracker.add("grads", grad_bytes)
             if spec.kind == "embed" and tied_grad is not None:
                 leaves[EMBED_WEIGHT].grad = tied_grad  # the head's share first, as backward through the full model
+                self.tracker.sub("grads", tensor_bytes(tied_grad))  # now counted as this shard's gradient
             new_grad_in: list[torch.Tensor | None] = [None] * num_micro
             for m in range(num_micro):
                 inp = xs[m] if index == 0 else traces.get((index, m)).detach().requires_grad_(True)
@@ -190,7 +193,8 @@ class StreamCompute:
             grad_in = new_grad_in
             grads = {k: leaves[k].grad for k in owned}
             if spec.kind == "head" and self.tied:
-                tied_grad = leaves[EMBED_WEIGHT].grad
+                tied_grad = leaves[EMBED_WEIGHT].grad  # held until the embedding shard's backward
+                self.tracker.add("grads", tensor_bytes(tied_grad))
             if inv_scale is not None:
                 for g in grads.values():
                     g.mul_(inv_scale)
@@ -202,6 +206,9 @@ class StreamCompute:
                 stats.new_versions[spec.name] = handle
             del grads, leaves
             self.tracker.sub("grads", grad_bytes)
+            if index > 0:
+                grad_bytes = stager.entry_bytes(nfwd + offset + 1)
+                self.tracker.add("grads", grad_bytes)
             stager.release(nfwd + offset)
         stats.loss = loss_total
 

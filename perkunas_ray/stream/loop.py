@@ -148,6 +148,10 @@ class TrainLoop:
         self.backend.commit()
         return GuardOutcome(accepted, replays, lr_scale, grad_scale, loss_after)
 
+    def wait_updates(self) -> None:
+        """Block until the last step's shard updates are done (and its log record is written)."""
+        self._finish_pending()
+
     def _finish_pending(self) -> None:
         """Complete the pending step record with the store's figures once its updates are done; log it."""
         if self._pending is None:

@@ -89,8 +89,14 @@ class ShardStager:
         allowance = self.activation_allowance()
         if allowance is None and self.entries[index].phase == "backward":
             return False  # saved-activation size not measured yet: do not stage beside a replay
-        need = self._entry_bytes(index) + self.grad_allowance + (allowance or 0)
+        # the current entry's gradients are already live; this entry's come only after the current is released
+        need = self._entry_bytes(index) + (allowance or 0)
         return self.tracker.live_bytes() + need <= self.max_bytes
+
+    def entry_bytes(self, index: int) -> int:
+        """Bytes of entry `index`'s tensors (its gradients take as much: the compute side reserves them)."""
+        with self._cond:
+            return self._entry_bytes(index)
 
     def _entry_bytes(self, index: int) -> int:
         entry = self.entries[index]
