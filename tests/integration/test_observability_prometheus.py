@@ -86,8 +86,11 @@ def serving_traffic(base: str) -> list[int]:
 def ray_session():
     import ray
 
-    if ray.is_initialized():
-        pytest.skip("another Ray instance is already initialized in this process")
+    if ray.is_initialized():  # left over by an earlier test module: we need our own, with the dashboard
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
     # A private temp dir: our own service-discovery file even when other Ray clusters run on the machine.
     temp_dir = tempfile.mkdtemp(prefix="pkobs-", dir="/tmp")
     ctx = ray.init(num_cpus=2, include_dashboard=True, _metrics_export_port=free_port(), _temp_dir=temp_dir,
