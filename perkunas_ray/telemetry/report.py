@@ -140,11 +140,11 @@ def build_charts(run: RunLog) -> tuple[list[Chart], list[str]]:
 
     lx, lr = run.series("lr")
     gx, guard = run.series("guard_scale")
-    lr_series = [Series("learning rate", lx, lr, "#9333ea")]
+    lr_series = [Series("learning rate", lx, lr, "#9333ea", 2.6, 0.6)]  # wide, so the dashed line stays apart
     if gx:
         scale = dict(zip(gx, guard, strict=True))
         lr_series.append(Series("lr × accepted guard scale", lx, [v * scale.get(x, 1.0) for x, v in zip(lx, lr, strict=True)],
-                                "#ea580c", dashed=True))
+                                "#ea580c", 1.2, dashed=True))
     add(Chart("lr", "Learning rate", lr_series), "lr")
 
     rx, replays = run.series("guard_replays")
