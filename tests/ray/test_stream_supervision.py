@@ -1,0 +1,49 @@
+"""An actor dying mid-run ends the run with a clear error naming it; the durable checkpoint stays intact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from perkunas_ray.checkpoint.durable import DurableDir
+from perkunas_ray.checkpoint.format import latest_checkpoint, verify_checkpoint
+from perkunas_ray.stream.session import resolve_paths
+from perkunas_ray.stream.testing import small_config, small_data_dir, train_with_ray
+
+pytestmark = pytest.mark.ray
+
+
+def test_compute_actor_death_is_reported_and_durable_checkpoint_survives(tmp_path):
+    data = small_data_dir(tmp_path / "data")
+    cfg = small_config(data, tmp_path / "run", max_steps=200, save_every=2, checkpoint__durable_flush_every=2)
+    ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
+    try:
+        outcome: dict = {}
+
+        def train() -> None:
+            try:
+                train_with_ray(cfg)
+            except BaseException as exc:  # what the driver raised
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=train, daemon=True)
+        thread.start()
+        durable = DurableDir(tmp_path / "run")
+        deadline = time.time() + 240
+        while time.time() < deadline and not [s for s in durable.list_checkpoints() if s >= 2]:
+            time.sleep(0.1)
+        durable_path = resolve_paths(cfg).durable
+        name = f"{Path(durable_path).name}-{abs(hash(durable_path)) % 10**6}"
+        ray.kill(ray.get_actor(f"perkunas:{name}:compute", namespace="perkunas"))
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    finally:
+        ray.shutdown()
+    error = outcome.get("error")
+    assert error is not None and type(error).__name__ == "ActorFailure", repr(error)
+    assert "compute" in str(error) and "intact" in str(error) and "--train" in str(error)
+    verify_checkpoint(latest_checkpoint(tmp_path / "run"))
