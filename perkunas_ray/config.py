@@ -254,7 +254,7 @@ class CheckpointConfig:
     """Where the run lives: the durable archive, the fast active copy, and how often to publish."""
 
     run_dir: str = ""
-    active_run_dir: str = ""  # empty: work directly in run_dir
+    active_run_dir: str = ""  # empty: RUN/active for a local run dir, a local temp dir for a URI
     durable_flush_every: int = 50
     keep_last_checkpoints: int = 2
 
