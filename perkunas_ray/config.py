@@ -25,13 +25,20 @@ PREFETCH_MODES = ("none", "cpu", "secondary-device")
 GUARD_EXHAUST = ("accept", "reject")
 
 
-def _check(cond: bool, field: str, expected: str, got: Any) -> None:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON/YAML `true` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check(cond: bool, field: str, expected: str, got: Any) -> None:
+    """Raise `ConfigError: <field> must be <expected>, got <got>` unless `cond`."""
     if not cond:
         raise ConfigError(f"{field} must be {expected}, got {got!r}")
 
 
-def _check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, field, f"one of {', '.join(choices)}", value)
+def check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, field, f"one of {', '.join(choices)}", value)
+
 
 
 @dataclasses.dataclass
@@ -63,19 +70,19 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
                      "layers_per_shard", "lm_head_chunk_tokens"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                   f"{prefix}.{name}", "a positive integer", value)
-        _check(self.d_model % self.n_heads == 0, f"{prefix}.n_heads", f"a divisor of d_model={self.d_model}",
-               self.n_heads)
-        _check(self.n_heads % self.n_kv_heads == 0, f"{prefix}.n_kv_heads",
-               f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)
-        _check(self.head_dim % 2 == 0, f"{prefix}.n_heads", "such that d_model/n_heads is even (RoPE)",
-               self.n_heads)
-        _check(self.rope_theta > 0, f"{prefix}.rope_theta", "> 0", self.rope_theta)
-        _check(self.norm_eps > 0, f"{prefix}.norm_eps", "> 0", self.norm_eps)
-        _check(self.attn_softcap >= 0, f"{prefix}.attn_softcap", ">= 0 (0 disables it)", self.attn_softcap)
-        _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "in [0, 1)", self.dropout)
-        _check(self.init_std > 0, f"{prefix}.init_std", "> 0", self.init_std)
+            check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                  f"{prefix}.{name}", "a positive integer", value)
+        check(self.d_model % self.n_heads == 0, f"{prefix}.n_heads", f"a divisor of d_model={self.d_model}",
+              self.n_heads)
+        check(self.n_heads % self.n_kv_heads == 0, f"{prefix}.n_kv_heads",
+              f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)
+        check(self.head_dim % 2 == 0, f"{prefix}.n_heads", "such that d_model/n_heads is even (RoPE)",
+              self.n_heads)
+        check(self.rope_theta > 0, f"{prefix}.rope_theta", "> 0", self.rope_theta)
+        check(self.norm_eps > 0, f"{prefix}.norm_eps", "> 0", self.norm_eps)
+        check(self.attn_softcap >= 0, f"{prefix}.attn_softcap", ">= 0 (0 disables it)", self.attn_softcap)
+        check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "in [0, 1)", self.dropout)
+        check(self.init_std > 0, f"{prefix}.init_std", "> 0", self.init_std)
         return self
 
     @property
@@ -107,19 +114,19 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     if default is None or value is None:
         return value
     if isinstance(default, bool):
-        _check(isinstance(value, bool), name, "true or false", value)
+        check(isinstance(value, bool), name, "true or false", value)
         return value
     if isinstance(default, float):
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
         return float(value)
     if isinstance(default, int):
-        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
         return value
     if isinstance(default, str):
-        _check(isinstance(value, str), name, "a string", value)
+        check(isinstance(value, str), name, "a string", value)
         return value
     if isinstance(default, tuple):
-        _check(isinstance(value, (list, tuple)), name, "a list", value)
+        check(isinstance(value, (list, tuple)), name, "a list", value)
         return tuple(value)
     return value
 
@@ -183,30 +190,30 @@ class TrainConfig:
     def validate(self, prefix: str = "train") -> TrainConfig:
         for name in ("micro_batch_size", "gradient_accumulation_steps", "max_steps"):
             value = getattr(self, name)
-            _check(value > 0, f"{prefix}.{name}", "> 0", value)
+            check(value > 0, f"{prefix}.{name}", "> 0", value)
         for name in ("seq_len", "warmup_steps", "warmup_tokens", "decay_tokens", "save_every",
                      "validate_every", "max_validation_batches"):
             value = getattr(self, name)
-            _check(value >= 0, f"{prefix}.{name}", ">= 0", value)
-        _check_choice(self.dtype, f"{prefix}.dtype", DTYPES)
-        _check(self.master_weight_dtype == "fp32", f"{prefix}.master_weight_dtype", "fp32", self.master_weight_dtype)
-        _check_choice(self.optimizer, f"{prefix}.optimizer", OPTIMIZERS)
-        _check_choice(self.lr_schedule, f"{prefix}.lr_schedule", LR_SCHEDULES)
-        _check_choice(self.grad_clip_mode, f"{prefix}.grad_clip_mode", CLIP_MODES)
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
-               "auto, cpu, cuda or cuda:N", self.device)
-        _check(self.learning_rate > 0, f"{prefix}.learning_rate", "> 0", self.learning_rate)
-        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", ">= 0", self.weight_decay)
-        _check(0 <= self.beta1 < 1, f"{prefix}.beta1", "in [0, 1)", self.beta1)
-        _check(0 <= self.beta2 < 1, f"{prefix}.beta2", "in [0, 1)", self.beta2)
-        _check(self.adam_eps > 0, f"{prefix}.adam_eps", "> 0", self.adam_eps)
-        _check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", ">= 0 (0 disables clipping)", self.max_grad_norm)
-        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
-        _check(0 <= self.wsd_decay_fraction <= 1, f"{prefix}.wsd_decay_fraction", "in [0, 1]",
-               self.wsd_decay_fraction)
+            check(value >= 0, f"{prefix}.{name}", ">= 0", value)
+        check_choice(self.dtype, f"{prefix}.dtype", DTYPES)
+        check(self.master_weight_dtype == "fp32", f"{prefix}.master_weight_dtype", "fp32", self.master_weight_dtype)
+        check_choice(self.optimizer, f"{prefix}.optimizer", OPTIMIZERS)
+        check_choice(self.lr_schedule, f"{prefix}.lr_schedule", LR_SCHEDULES)
+        check_choice(self.grad_clip_mode, f"{prefix}.grad_clip_mode", CLIP_MODES)
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
+              "auto, cpu, cuda or cuda:N", self.device)
+        check(self.learning_rate > 0, f"{prefix}.learning_rate", "> 0", self.learning_rate)
+        check(self.weight_decay >= 0, f"{prefix}.weight_decay", ">= 0", self.weight_decay)
+        check(0 <= self.beta1 < 1, f"{prefix}.beta1", "in [0, 1)", self.beta1)
+        check(0 <= self.beta2 < 1, f"{prefix}.beta2", "in [0, 1)", self.beta2)
+        check(self.adam_eps > 0, f"{prefix}.adam_eps", "> 0", self.adam_eps)
+        check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", ">= 0 (0 disables clipping)", self.max_grad_norm)
+        check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        check(0 <= self.wsd_decay_fraction <= 1, f"{prefix}.wsd_decay_fraction", "in [0, 1]",
+              self.wsd_decay_fraction)
         if self.lr_schedule == "tokens":
-            _check(self.decay_tokens > 0, f"{prefix}.decay_tokens", "> 0 when lr_schedule=tokens",
-                   self.decay_tokens)
+            check(self.decay_tokens > 0, f"{prefix}.decay_tokens", "> 0 when lr_schedule=tokens",
+                  self.decay_tokens)
         return self
 
 
@@ -231,21 +238,21 @@ class StreamConfig:
     guard_replay_on_exhaust: str = "accept"
 
     def validate(self, prefix: str = "stream") -> StreamConfig:
-        _check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
-               ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
-        _check(self.max_resident_bytes >= 0, f"{prefix}.max_resident_bytes", ">= 0", self.max_resident_bytes)
-        _check_choice(self.prefetch_shards, f"{prefix}.prefetch_shards", PREFETCH_MODES)
-        _check(self.prefetch_window >= 0, f"{prefix}.prefetch_window", ">= 0", self.prefetch_window)
-        _check_choice(self.trace_storage, f"{prefix}.trace_storage", TRACE_STORAGES)
-        _check(self.max_pending_shard_writes > 0, f"{prefix}.max_pending_shard_writes", "> 0",
-               self.max_pending_shard_writes)
-        _check(self.guard_replay_max_replays >= 0, f"{prefix}.guard_replay_max_replays", ">= 0",
-               self.guard_replay_max_replays)
+        check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
+              ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
+        check(self.max_resident_bytes >= 0, f"{prefix}.max_resident_bytes", ">= 0", self.max_resident_bytes)
+        check_choice(self.prefetch_shards, f"{prefix}.prefetch_shards", PREFETCH_MODES)
+        check(self.prefetch_window >= 0, f"{prefix}.prefetch_window", ">= 0", self.prefetch_window)
+        check_choice(self.trace_storage, f"{prefix}.trace_storage", TRACE_STORAGES)
+        check(self.max_pending_shard_writes > 0, f"{prefix}.max_pending_shard_writes", "> 0",
+              self.max_pending_shard_writes)
+        check(self.guard_replay_max_replays >= 0, f"{prefix}.guard_replay_max_replays", ">= 0",
+              self.guard_replay_max_replays)
         for name in ("guard_replay_lr_scales", "guard_replay_grad_norm_scales"):
             scales = getattr(self, name)
-            _check(len(scales) > 0 and all(0 < s <= 1 for s in scales), f"{prefix}.{name}",
-                   "a non-empty list of scales in (0, 1]", scales)
-        _check_choice(self.guard_replay_on_exhaust, f"{prefix}.guard_replay_on_exhaust", GUARD_EXHAUST)
+            check(len(scales) > 0 and all(0 < s <= 1 for s in scales), f"{prefix}.{name}",
+                  "a non-empty list of scales in (0, 1]", scales)
+        check_choice(self.guard_replay_on_exhaust, f"{prefix}.guard_replay_on_exhaust", GUARD_EXHAUST)
         return self
 
 
@@ -259,8 +266,8 @@ class CheckpointConfig:
     keep_last_checkpoints: int = 2
 
     def validate(self, prefix: str = "checkpoint") -> CheckpointConfig:
-        _check(self.durable_flush_every >= 0, f"{prefix}.durable_flush_every", ">= 0", self.durable_flush_every)
-        _check(self.keep_last_checkpoints >= 1, f"{prefix}.keep_last_checkpoints", ">= 1",
+        check(self.durable_flush_every >= 0, f"{prefix}.durable_flush_every", ">= 0", self.durable_flush_every)
+        check(self.keep_last_checkpoints >= 1, f"{prefix}.keep_last_checkpoints", ">= 1",
                self.keep_last_checkpoints)
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ def tiny_config(**overrides: object) -> ModelConfig:
                 layers_per_shard=1, lm_head_chunk_tokens=16)
     base.update(overrides)
     return ModelConfig(**base).validate()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny ops on a busy 2-core machine: OpenMP hand-offs cost milliseconds each, one thread costs none."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

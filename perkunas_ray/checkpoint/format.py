@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from perkunas_ray.config import RunConfig
+from perkunas_ray.config import ModelConfig, RunConfig
 from perkunas_ray.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -219,3 +219,22 @@ def encode_rng(state: torch.Tensor) -> str:
 
 def decode_rng(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def write_model_run_dir(run_dir: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer: Any,
+                        step: int = 0, tokens_seen: int = 0) -> Path:
+    """A loadable run dir for a model held in memory: config.json, tokenizer.json and one checkpoint.
+
+    `tokenizer` is a `tokenizers.Tokenizer`; export, generate and serve read the result like a trained run.
+    """
+    from perkunas_ray.model.shards import split_state_dict
+
+    run_dir = Path(run_dir)
+    save_run_config(run_dir, RunConfig(model=cfg))
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    ckpt = run_dir / CHECKPOINTS / checkpoint_dir_name(step)
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tensors = {name: value.detach().clone() for name, value in state.items()}
+    write_checkpoint(ckpt, split_state_dict(cfg, tensors), {}, {"step": step, "tokens_seen": tokens_seen})
+    return run_dir

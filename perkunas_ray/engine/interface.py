@@ -12,21 +12,12 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
-from perkunas_ray.errors import ConfigError
+from perkunas_ray.config import check, is_int
 
 KV_DTYPES = ("model", "int8")
 PRUNING_MODES = ("none", "sink_window")
 FINISH_REASONS = ("stop", "length", "abort")
 KV_EVENT_KINDS = ("stored", "removed", "cleared")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(cond: bool, field: str, expected: str, got: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{field} must be {expected}, got {got!r}")
 
 
 @dataclasses.dataclass
@@ -47,27 +38,27 @@ class SamplingParams:
     n: int = 1
 
     def validate(self, prefix: str = "sampling") -> SamplingParams:
-        _check(_is_int(self.max_tokens) and self.max_tokens > 0, f"{prefix}.max_tokens", "a positive integer",
-               self.max_tokens)
-        _check(isinstance(self.temperature, (int, float)) and self.temperature >= 0, f"{prefix}.temperature",
-               ">= 0", self.temperature)
-        _check(_is_int(self.top_k) and self.top_k >= 0, f"{prefix}.top_k", "an integer >= 0 (0 disables it)",
-               self.top_k)
-        _check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, f"{prefix}.top_p", "in (0, 1]",
-               self.top_p)
-        _check(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, f"{prefix}.min_p", "in [0, 1]",
-               self.min_p)
-        _check(isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0,
-               f"{prefix}.repetition_penalty", "> 0", self.repetition_penalty)
-        _check(self.seed is None or _is_int(self.seed), f"{prefix}.seed", "an integer or None", self.seed)
-        _check(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), f"{prefix}.stop",
-               "a list of non-empty strings", self.stop)
-        _check(isinstance(self.stop_token_ids, list) and all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
-               f"{prefix}.stop_token_ids", "a list of token ids >= 0", self.stop_token_ids)
-        _check(isinstance(self.ignore_eos, bool), f"{prefix}.ignore_eos", "true or false", self.ignore_eos)
-        _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20), f"{prefix}.logprobs",
-               "None or an integer in [0, 20]", self.logprobs)
-        _check(_is_int(self.n) and self.n >= 1, f"{prefix}.n", "an integer >= 1", self.n)
+        check(is_int(self.max_tokens) and self.max_tokens > 0, f"{prefix}.max_tokens", "a positive integer",
+              self.max_tokens)
+        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0, f"{prefix}.temperature",
+              ">= 0", self.temperature)
+        check(is_int(self.top_k) and self.top_k >= 0, f"{prefix}.top_k", "an integer >= 0 (0 disables it)",
+              self.top_k)
+        check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, f"{prefix}.top_p", "in (0, 1]",
+              self.top_p)
+        check(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, f"{prefix}.min_p", "in [0, 1]",
+              self.min_p)
+        check(isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0,
+              f"{prefix}.repetition_penalty", "> 0", self.repetition_penalty)
+        check(self.seed is None or is_int(self.seed), f"{prefix}.seed", "an integer or None", self.seed)
+        check(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), f"{prefix}.stop",
+              "a list of non-empty strings", self.stop)
+        check(isinstance(self.stop_token_ids, list) and all(is_int(t) and t >= 0 for t in self.stop_token_ids),
+              f"{prefix}.stop_token_ids", "a list of token ids >= 0", self.stop_token_ids)
+        check(isinstance(self.ignore_eos, bool), f"{prefix}.ignore_eos", "true or false", self.ignore_eos)
+        check(self.logprobs is None or (is_int(self.logprobs) and 0 <= self.logprobs <= 20), f"{prefix}.logprobs",
+              "None or an integer in [0, 20]", self.logprobs)
+        check(is_int(self.n) and self.n >= 1, f"{prefix}.n", "an integer >= 1", self.n)
         return self
 
 
@@ -89,19 +80,19 @@ class KVPolicy:
     def validate(self, prefix: str = "kv_policy") -> KVPolicy:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
-            _check(_is_int(value) and value > 0, f"{prefix}.{name}", "a positive integer", value)
+            check(is_int(value) and value > 0, f"{prefix}.{name}", "a positive integer", value)
         for name in ("num_blocks", "kv_budget_bytes", "sink_tokens", "window_tokens"):
             value = getattr(self, name)
-            _check(_is_int(value) and value >= 0, f"{prefix}.{name}", "an integer >= 0", value)
-        _check(not (self.num_blocks and self.kv_budget_bytes), f"{prefix}.num_blocks",
-               "0 when kv_budget_bytes is set (give one of the two)", self.num_blocks)
-        _check(isinstance(self.enable_prefix_caching, bool), f"{prefix}.enable_prefix_caching", "true or false",
-               self.enable_prefix_caching)
-        _check(self.kv_dtype in KV_DTYPES, f"{prefix}.kv_dtype", f"one of {', '.join(KV_DTYPES)}", self.kv_dtype)
-        _check(self.pruning in PRUNING_MODES, f"{prefix}.pruning", f"one of {', '.join(PRUNING_MODES)}",
-               self.pruning)
+            check(is_int(value) and value >= 0, f"{prefix}.{name}", "an integer >= 0", value)
+        check(not (self.num_blocks and self.kv_budget_bytes), f"{prefix}.num_blocks",
+              "0 when kv_budget_bytes is set (give one of the two)", self.num_blocks)
+        check(isinstance(self.enable_prefix_caching, bool), f"{prefix}.enable_prefix_caching", "true or false",
+              self.enable_prefix_caching)
+        check(self.kv_dtype in KV_DTYPES, f"{prefix}.kv_dtype", f"one of {', '.join(KV_DTYPES)}", self.kv_dtype)
+        check(self.pruning in PRUNING_MODES, f"{prefix}.pruning", f"one of {', '.join(PRUNING_MODES)}",
+              self.pruning)
         if self.pruning == "sink_window":
-            _check(self.window_tokens >= self.block_size, f"{prefix}.window_tokens",
+            check(self.window_tokens >= self.block_size, f"{prefix}.window_tokens",
                    f">= block_size={self.block_size} when pruning=sink_window", self.window_tokens)
         return self
 
@@ -184,7 +175,7 @@ class Engine(Protocol):
         ...
 
     def stream(self, request_id: str, prompt: str | list[int],
-               params: SamplingParams) -> AsyncIterator[RequestOutput]:
+              params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """An async generator of deltas; the last one has finished=True. Stopping iteration aborts."""
         ...
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from perkunas_ray.config import is_int
 from perkunas_ray.engine.interface import KVPolicy
 from perkunas_ray.errors import ConfigError
 
@@ -31,10 +32,6 @@ ENGINES = ("native", "vllm")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 ROUTER_POLICIES = ("kv", "pow2")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_num(v: Any) -> bool:
@@ -77,20 +74,20 @@ class ModelSpec:
         check(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", self.dtype)
         check(self.dtype != "auto" or self.engine == "vllm", "dtype", "fp32, bf16 or fp16 for engine native",
               self.dtype)
-        check(_is_int(self.num_replicas) and self.num_replicas >= 1, "num_replicas", "an integer >= 1",
+        check(is_int(self.num_replicas) and self.num_replicas >= 1, "num_replicas", "an integer >= 1",
               self.num_replicas)
         check(self.autoscaling_config is None or isinstance(self.autoscaling_config, dict), "autoscaling_config",
               "a mapping (Serve's autoscaling_config)", self.autoscaling_config)
-        check(_is_int(self.max_ongoing_requests) and self.max_ongoing_requests >= 1, "max_ongoing_requests",
+        check(is_int(self.max_ongoing_requests) and self.max_ongoing_requests >= 1, "max_ongoing_requests",
               "an integer >= 1", self.max_ongoing_requests)
         check(_is_num(self.num_cpus) and self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
         check(self.chat_template is None or (isinstance(self.chat_template, str) and bool(self.chat_template)),
               "chat_template", "a Jinja template string or null", self.chat_template)
-        check(self.max_model_len is None or (_is_int(self.max_model_len) and self.max_model_len > 0),
+        check(self.max_model_len is None or (is_int(self.max_model_len) and self.max_model_len > 0),
               "max_model_len", "a positive integer or null", self.max_model_len)
-        check(_is_int(self.seed), "seed", "an integer", self.seed)
+        check(is_int(self.seed), "seed", "an integer", self.seed)
         try:
             self.kv_policy.validate("kv_policy")
         except ConfigError as exc:
@@ -124,7 +121,7 @@ class RouterConfig:
     def validate(self) -> RouterConfig:
         if self.policy not in ROUTER_POLICIES:
             raise ConfigError(f"router.policy must be one of {', '.join(ROUTER_POLICIES)}, got {self.policy!r}")
-        if not _is_int(self.imbalance_threshold) or self.imbalance_threshold < 0:
+        if not is_int(self.imbalance_threshold) or self.imbalance_threshold < 0:
             raise ConfigError(f"router.imbalance_threshold must be an integer >= 0, got {self.imbalance_threshold!r}")
         for name in ("optimistic_ttl_s", "routing_stats_period_s"):
             value = getattr(self, name)
@@ -212,7 +209,7 @@ def parse_registry(data: Any, base_dir: Path | None = None, path: str | None = N
     if unknown:
         raise ConfigError(f"{where}: router has unknown field {unknown[0]!r}")
     max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
-    if not _is_int(max_body) or max_body < 1024:
+    if not is_int(max_body) or max_body < 1024:
         raise ConfigError(f"{where}: max_body_bytes must be an integer >= 1024, got {max_body!r}")
     return Registry(models=models, router=RouterConfig(**router_raw).validate(), api_tokens=data.get("api_tokens"),
                     max_body_bytes=max_body, path=path)

@@ -5,45 +5,31 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from perkunas_ray.cli import main
-from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine import KVPolicy, SamplingParams
 from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
 from perkunas_ray.errors import ConfigError, PerkunasError
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A training run dir (config.json, tokenizer.json, one checkpoint) of a tiny random model."""
-    from perkunas_ray.checkpoint.format import checkpoint_dir_name, save_run_config, write_checkpoint
+    from perkunas_ray.checkpoint.format import write_model_run_dir
     from perkunas_ray.model.decoder import build_model
-    from perkunas_ray.model.shards import split_state_dict
 
-    root = tmp_path_factory.mktemp("run")
     cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
                       max_seq_len=128).validate()
-    save_run_config(root, RunConfig(model=cfg))
-    toy_tokenizer(sample_lines(300), 512).save(str(root / "tokenizer.json"))
-    state = {k: v.detach().clone() for k, v in build_model(cfg, seed=12).state_dict().items()}
-    write_checkpoint(root / "checkpoints" / checkpoint_dir_name(5), split_state_dict(cfg, state), {},
-                     {"step": 5, "tokens_seen": 0})
-    return root
+    return write_model_run_dir(tmp_path_factory.mktemp("run"), cfg, build_model(cfg, seed=12).state_dict(),
+                               toy_tokenizer(sample_lines(300), 512), step=5)
 
 
 def test_from_path_loads_a_run_dir(run_dir: Path) -> None:

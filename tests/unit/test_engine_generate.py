@@ -16,7 +16,7 @@ from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
 from perkunas_ray.model.decoder import build_model
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 MAX_TOKENS = 20
 
@@ -27,14 +27,6 @@ def small_config(**overrides: Any) -> ModelConfig:
     base.update(overrides)
     return ModelConfig(**base).validate()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    # Tiny ops on a busy 2-core machine: OpenMP hand-offs cost milliseconds each, one thread costs none.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

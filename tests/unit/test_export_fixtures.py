@@ -8,11 +8,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from perkunas_ray.checkpoint.format import checkpoint_dir_name, save_run_config, write_checkpoint
-from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.checkpoint.format import write_model_run_dir
+from perkunas_ray.config import ModelConfig
 from perkunas_ray.data.tokenizer import train_tokenizer
 from perkunas_ray.model.decoder import DecoderLM, build_model
-from perkunas_ray.model.shards import split_state_dict
 
 SHARED_STORIES = (Path(__file__).resolve().parents[3] / "shared" / "data" / "tinystories"
                   / "TinyStoriesV2-GPT4-train-random-6341.txt")
@@ -75,12 +74,8 @@ def make_run_dir(root: Path, cfg: ModelConfig, train_steps: int = 30, seed: int 
     model = build_model(cfg, seed=seed)
     tokenizer = tiny_tokenizer()
     tokens_seen = train_briefly(model, tokenizer, train_steps, seed=seed) if train_steps else 0
-    save_run_config(run_dir, RunConfig(model=cfg))
-    tokenizer.save(str(run_dir / "tokenizer.json"))
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    write_checkpoint(run_dir / "checkpoints" / checkpoint_dir_name(train_steps), split_state_dict(cfg, state), {},
-                     {"step": train_steps, "tokens_seen": tokens_seen})
-    return run_dir
+    return write_model_run_dir(run_dir, cfg, model.state_dict(), tokenizer, step=train_steps,
+                               tokens_seen=tokens_seen)
 
 
 def load_our_model(run_dir: Path) -> DecoderLM:
