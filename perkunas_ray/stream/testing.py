@@ -82,3 +82,8 @@ def train_with_ray(cfg: RunConfig, verbose: bool = False, compute_threads: int =
     ckpt, state = latest_state(paths)
     name = f"{Path(paths.durable).name}-{abs(hash(paths.durable)) % 10**6}"
     return run_training(cfg, paths, train, val, ckpt, state, name, verbose=verbose, compute_threads=compute_threads)
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest per-tensor max |a - b| / max |a| over the tensors of two state dicts (same keys)."""
+    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)) for k in a)

@@ -9,7 +9,7 @@ import ray
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.reference import ReferenceTrainer
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_with_ray
+from perkunas_ray.stream.testing import max_relative_difference, small_config, small_data_dir, train_with_ray
 
 pytestmark = pytest.mark.ray
 
@@ -24,10 +24,6 @@ def ray_instance():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return small_data_dir(tmp_path_factory.mktemp("stream_data"))
-
-
-def max_rel(a: dict, b: dict) -> float:
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)) for k in a)
 
 
 @pytest.mark.parametrize("optimizer,clip,tied", [
@@ -45,8 +41,8 @@ def test_ray_runtime_equals_reference(ray_instance, tmp_path, data_dir, optimize
     assert len(got.losses) == 10
     for a, b in zip(ref.losses, got.losses, strict=True):
         assert abs(a - b) <= 1e-5 * abs(a), (ref.losses, got.losses)
-    assert max_rel(load_model_state(latest_checkpoint(tmp_path / "ref")),
-                   load_model_state(latest_checkpoint(tmp_path / "stream"))) <= 1e-5
+    assert max_relative_difference(load_model_state(latest_checkpoint(tmp_path / "ref")),
+                                   load_model_state(latest_checkpoint(tmp_path / "stream"))) <= 1e-5
     steps = [json.loads(line) for line in (tmp_path / "stream" / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r["event"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 11))

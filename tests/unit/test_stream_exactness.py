@@ -6,7 +6,12 @@ import pytest
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.reference import ReferenceTrainer
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_in_process
+from perkunas_ray.stream.testing import (
+    max_relative_difference,
+    small_config,
+    small_data_dir,
+    train_in_process,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -14,10 +19,6 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return small_data_dir(tmp_path_factory.mktemp("stream_data"))
-
-
-def max_rel(a: dict, b: dict) -> float:
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)) for k in a)
 
 
 @pytest.mark.parametrize("optimizer,clip,tied", [
@@ -40,7 +41,7 @@ def test_streamed_steps_equal_reference(tmp_path, data_dir, optimizer, clip, tie
     ref_params = load_model_state(latest_checkpoint(tmp_path / "ref"))
     got_params = load_model_state(latest_checkpoint(tmp_path / "stream"))
     assert set(ref_params) == set(got_params)
-    assert max_rel(ref_params, got_params) <= 1e-5
+    assert max_relative_difference(ref_params, got_params) <= 1e-5
     assert got.val_losses[-1][1] == pytest.approx(ref.val_losses[-1][1], rel=1e-5)
 
 
@@ -50,5 +51,5 @@ def test_a_wrong_update_is_caught(tmp_path, data_dir):
                            verbose=False).train()
     got = train_in_process(small_config(data_dir, tmp_path / "stream", max_steps=3, learning_rate=2e-3))
     assert ref.losses[0] == pytest.approx(got.losses[0], rel=1e-6)
-    assert max_rel(load_model_state(latest_checkpoint(tmp_path / "ref")),
-                   load_model_state(latest_checkpoint(tmp_path / "stream"))) > 1e-3
+    assert max_relative_difference(load_model_state(latest_checkpoint(tmp_path / "ref")),
+                                   load_model_state(latest_checkpoint(tmp_path / "stream"))) > 1e-3
