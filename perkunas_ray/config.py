@@ -40,7 +40,6 @@ def check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
     check(value in choices, field, f"one of {', '.join(choices)}", value)
 
 
-
 @dataclasses.dataclass
 class ModelConfig:
     """Shape and options of the decoder (Llama / Qwen3 family names)."""

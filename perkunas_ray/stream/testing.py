@@ -51,8 +51,8 @@ def small_config(data_dir: Path, run_dir: Path, **train: Any) -> RunConfig:
     return cfg.validate()
 
 
-def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False) -> TrainResult:
-    """Init (if needed) and train a run with the in-process backend."""
+def _open_or_init(cfg: RunConfig) -> tuple[Any, Any, Any, Path, dict[str, Any]]:
+    """(paths, train data, val data, newest checkpoint dir, its state), initialising the run if it has none."""
     paths = resolve_paths(cfg)
     train, val = open_datasets(cfg)
     try:
@@ -60,6 +60,12 @@ def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False)
     except Exception:
         init_run(cfg, paths, train)
     ckpt, state = latest_state(paths)
+    return paths, train, val, ckpt, state
+
+
+def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False) -> TrainResult:
+    """Init (if needed) and train a run with the in-process backend."""
+    paths, train, val, ckpt, state = _open_or_init(cfg)
     store = ShardStore.from_checkpoint(cfg, ckpt)
     flusher = CheckpointFlusher(paths.durable, paths.active, cfg.checkpoint.keep_last_checkpoints)
     backend = LocalBackend(cfg, store, torch.device(device), paths.active, flusher)
@@ -73,13 +79,7 @@ def train_with_ray(cfg: RunConfig, verbose: bool = False, compute_threads: int =
     """Init (if needed) and train a run on the actors, in an already initialised Ray."""
     from actors.driver import run_training
 
-    paths = resolve_paths(cfg)
-    train, val = open_datasets(cfg)
-    try:
-        latest_state(paths)
-    except Exception:
-        init_run(cfg, paths, train)
-    ckpt, state = latest_state(paths)
+    paths, train, val, ckpt, state = _open_or_init(cfg)
     name = f"{Path(paths.durable).name}-{abs(hash(paths.durable)) % 10**6}"
     return run_training(cfg, paths, train, val, ckpt, state, name, verbose=verbose, compute_threads=compute_threads)
 

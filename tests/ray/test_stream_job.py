@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 from perkunas_ray.checkpoint.format import list_checkpoints, verify_checkpoint
 from perkunas_ray.config import to_dict
 from perkunas_ray.stream.testing import small_config, small_data_dir
+from tests.ray.process_tree import kill_tree
 
 pytestmark = pytest.mark.ray
 
@@ -31,21 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 @pytest.fixture
@@ -80,9 +64,7 @@ def head(tmp_path):
                 time.sleep(1)
         yield url, env
     finally:
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state, read_state
 from perkunas_ray.config import to_dict
 from perkunas_ray.stream.testing import small_config, small_data_dir, train_in_process
+from tests.ray.process_tree import kill_tree
 
 pytestmark = pytest.mark.ray
 
@@ -34,31 +33,9 @@ def env() -> dict[str, str]:
     return out
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
+def kill_training(proc: subprocess.Popen) -> None:
     """SIGKILL the training process and everything it started (its local Ray), by pid."""
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_tree(proc.pid)
     proc.wait(timeout=30)
 
 
@@ -81,7 +58,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
             time.sleep(0.05)
         assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read().decode()}"
     finally:
-        kill_tree(proc)
+        kill_training(proc)
     killed_at = max(durable.list_checkpoints())
     assert 3 <= killed_at < 12, killed_at
 
