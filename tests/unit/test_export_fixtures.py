@@ -80,6 +80,6 @@ def make_run_dir(root: Path, cfg: ModelConfig, train_steps: int = 30, seed: int 
 
 def load_our_model(run_dir: Path) -> DecoderLM:
     """The model of a run dir's newest checkpoint, as our own loader gives it (fp32, eval)."""
-    from perkunas_ray.checkpoint.inference import load_inference_model
+    from perkunas_ray.model_source import load_inference_model
 
     return load_inference_model(run_dir).model

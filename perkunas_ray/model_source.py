@@ -1,4 +1,7 @@
-"""Load a model for inference from a training run dir or a Hugging Face package dir."""
+"""Load a model for inference (engine, eval, chat) from a training run dir or a Hugging Face package dir.
+
+It sits above checkpoint/ (run dirs) and export/ (Hugging Face packages) because it reads both.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state, load_run_config, read_state
+from perkunas_ray.data.tokenizer import EOS_TOKEN
+from perkunas_ray.device import TORCH_DTYPES
 from perkunas_ray.errors import CheckpointError
+from perkunas_ray.export.hf_import import load_hf_package
 from perkunas_ray.model.decoder import DecoderLM
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-EOS_TOKEN = "<|endoftext|>"
 
 
 @dataclasses.dataclass
@@ -42,10 +44,8 @@ def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp
     if not path.is_dir():
         raise CheckpointError(f"model source {path} does not exist (expected a run dir or a Hugging Face package dir)")
     if is_hf_package(path):
-        from perkunas_ray.export.hf_import import load_hf_package
-
         cfg, state = load_hf_package(path)
-        chat_template = _hf_chat_template(path)
+        chat_template = hf_chat_template(path)
         step = None
     else:
         cfg = load_run_config(path).model
@@ -69,7 +69,8 @@ def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp
                        chat_template=chat_template, name=path.name, source=str(path), step=step)
 
 
-def _hf_chat_template(path: Path) -> str:
+def hf_chat_template(path: Path) -> str:
+    """The chat template a Hugging Face package declares in tokenizer_config.json, else the product's own."""
     config = path / "tokenizer_config.json"
     if config.is_file():
         template = json.loads(config.read_text()).get("chat_template")
