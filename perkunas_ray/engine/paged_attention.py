@@ -1,9 +1,13 @@
-"""Attention of queries over keys/values gathered from KV blocks, masked by absolute token positions."""
+"""Paged attention: the model's attention backend for one engine step, over keys/values in KV blocks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-import torch.nn.functional as F
+
+from perkunas_ray.engine.kv_store import KVStore
+from perkunas_ray.model.attention import masked_attention
 
 # Key position given to padding blocks: later than any query, so the causal mask hides them.
 PAD_POSITION = 2**62
@@ -15,22 +19,52 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_posit
 
     key_positions (B, Tk) and query_positions (B, Tq) are absolute token positions; a query attends
     to the keys at or before its own position. Padding, stale slots past the sequence's end and
-    pruned blocks (absent from k) are therefore never attended. GQA repeats each KV head as the
-    dense model does; soft-capping needs the score matrix, so it takes the explicit path.
+    pruned blocks (absent from k) are therefore never attended.
     """
-    rep = q.shape[1] // k.shape[1]
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     mask = key_positions[:, None, None, :] <= query_positions[:, None, :, None]  # (B, 1, Tq, Tk)
-    if softcap <= 0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    scores = softcap * torch.tanh(scores / softcap)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.float().softmax(-1).to(q.dtype) @ v
+    return masked_attention(q, k, v, mask, softcap)
 
 
 def block_key_positions(block_starts: torch.Tensor, block_size: int) -> torch.Tensor:
     """(B, K) start positions of the gathered blocks -> (B, K * block_size) positions of their slots."""
     offsets = torch.arange(block_size, device=block_starts.device)
     return (block_starts[:, :, None] + offsets).reshape(block_starts.shape[0], -1)
+
+
+@dataclasses.dataclass
+class AttentionGroup:
+    """Sequences attended together: token rows [start, start + B*Tq) of the step's flat batch."""
+
+    start: int
+    num_queries: int  # Tq per sequence
+    block_table: torch.Tensor  # (B, K) block ids (padding: block 0)
+    key_positions: torch.Tensor  # (B, K * block_size)
+    query_positions: torch.Tensor  # (B, Tq)
+
+
+@dataclasses.dataclass
+class PagedAttention:
+    """The attention backend of one engine step, whose N tokens run as one flat row (batch of 1).
+
+    Each layer's new keys/values go to the KV store at `slots` (N,) (block_id * block_size + offset);
+    then each group's queries attend over the blocks of its block table, the new tokens included.
+    """
+
+    kv_store: KVStore
+    slots: torch.Tensor
+    groups: list[AttentionGroup]
+
+    def attend(self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float,
+               dropout: float) -> torch.Tensor:
+        """q (1, H, N, hd), k/v (1, H_kv, N, hd) -> (1, H, N, hd). Serving runs in eval mode: dropout is 0."""
+        self.kv_store.write(layer_id, self.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        heads, head_dim = q.shape[1], q.shape[3]
+        outs = []
+        for g in self.groups:
+            b = g.block_table.shape[0]
+            rows = q[0, :, g.start:g.start + b * g.num_queries]  # (H, B*Tq, hd)
+            qg = rows.reshape(heads, b, g.num_queries, head_dim).transpose(0, 1)  # (B, H, Tq, hd)
+            kg, vg = self.kv_store.gather(layer_id, g.block_table)
+            y = paged_attention(qg, kg, vg, g.key_positions, g.query_positions, softcap)
+            outs.append(y.transpose(0, 1).reshape(heads, b * g.num_queries, head_dim))  # (H, B*Tq, hd)
+        return (torch.cat(outs, dim=1) if len(outs) > 1 else outs[0])[None]

@@ -7,7 +7,7 @@ import torch
 
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.paged_attention import PAD_POSITION, block_key_positions, paged_attention
-from perkunas_ray.model.layers import attention
+from perkunas_ray.model.attention import attention
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,7 @@ def test_paged_attention_equals_dense_attention(n_heads: int, n_kv_heads: int, s
                           torch.arange(total - num_new, total)[None], softcap)
     rep = n_heads // n_kv_heads
     dense = attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), softcap,
-                      q_offset=total - num_new, dropout=0.0, training=False)
+                      q_offset=total - num_new)
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
 
 
@@ -53,7 +53,7 @@ def test_batched_decode_with_padding_equals_per_sequence_attention() -> None:
         v = torch.randn(n_kv, length, hd, generator=g)
         _scatter(store, k, v, table)
         dense_out.append(attention(qs[i:i + 1], k[None].repeat_interleave(2, 1), v[None].repeat_interleave(2, 1),
-                                   0.0, q_offset=length - 1, dropout=0.0, training=False))
+                                   0.0, q_offset=length - 1))
     width = max(len(t) for t in tables)
     table = torch.tensor([t + [0] * (width - len(t)) for t in tables])
     starts = torch.tensor([[j * bs for j in range(len(t))] + [PAD_POSITION] * (width - len(t)) for t in tables])
