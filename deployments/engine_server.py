@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.kvserve.registry import ModelSpec
 from perkunas_ray.kvserve.service import EngineService
+from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 
 class EngineServer:
-    """Options (replicas, resources, router) are applied by `deployments.app.engine_deployment`."""
+    """Options (replicas, resources, router) are applied by `deployments.app.build_registry_app`."""
 
     def __init__(self, spec: ModelSpec) -> None:
         from ray import serve
@@ -21,15 +23,15 @@ class EngineServer:
             replica = "local"
         self.service = EngineService(spec, replica=replica)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         return self.service.info()
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
-                     params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+                     params: SamplingParams) -> AsyncIterator[OutputDelta]:
         # Serve cancels this generator when the caller (the ingress) cancels or drops the call; the
         # service's finally then aborts the engine request, freeing its KV blocks.
-        async for chunk in self.service.stream(request_id, prompt_token_ids, params):
-            yield chunk
+        async for delta in self.service.stream(request_id, prompt_token_ids, params):
+            yield delta
 
     async def stats(self) -> dict[str, Any]:
         return await self.service.stats()

@@ -6,13 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.api import create_app
-from perkunas_ray.kvserve.auth import TokenAuth, parse_tokens, tokens_from_env
+from perkunas_ray.kvserve.auth import TokenAuth, resolve_tokens
 from perkunas_ray.kvserve.backend import Backend
 from perkunas_ray.kvserve.errors import APIError
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.registry import Registry
+from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,16 +38,16 @@ class ServeBackend(Backend):
         super().__init__(registry)
         self.handles = handles
 
-    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+    async def fetch_info(self, model_id: str) -> ModelInfo:
         return await self.handles[model_id].info.remote()
 
     async def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
-                     params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+                     params: SamplingParams) -> AsyncIterator[OutputDelta]:
         gen = self.handles[model_id].options(stream=True).stream.remote(
             request_id=request_id, prompt_token_ids=prompt_token_ids, params=params)
         try:
-            async for chunk in gen:
-                yield chunk
+            async for delta in gen:
+                yield delta
         except Exception as exc:
             user_error = _user_error(exc)
             if user_error is not None:
@@ -60,14 +62,12 @@ class ServeBackend(Backend):
 
 
 class KVServeIngress:
-    def __init__(self, handles: dict[str, Any], registry: Registry, api_tokens: Any = None,
-                 max_body_bytes: int | None = None) -> None:
-        tokens = parse_tokens(api_tokens) if api_tokens not in (None, "") else tokens_from_env()
-        if not tokens and registry.api_tokens:
-            tokens = parse_tokens(registry.api_tokens)
-        self.auth = TokenAuth(tokens)
+    """Options (replicas, resources, concurrency) are applied by `deployments.app.build_registry_app`."""
+
+    def __init__(self, handles: dict[str, Any], registry: Registry, api_tokens: Any = None) -> None:
+        self.auth = TokenAuth(resolve_tokens(api_tokens, registry.api_tokens))
         self.backend = ServeBackend(registry, handles)
-        self.max_body_bytes = max_body_bytes or registry.max_body_bytes
+        self.max_body_bytes = registry.max_body_bytes
         log = logger.info if self.auth.enabled else logger.warning
         log("kvserve ingress: %s", self.auth.describe())
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from perkunas_ray.config import ModelConfig
+from perkunas_ray.data.tokenizer import EOS_TOKEN_ID
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.kv_cache_manager import KVCacheManager
 from perkunas_ray.engine.kv_store import KVStore
@@ -108,7 +109,7 @@ def random_prompts(rng: random.Random, n: int, lo: int, hi: int, vocab: int) -> 
 def make_engine(model: DecoderLM, tokenizer: Any, **policy: Any) -> Any:
     from perkunas_ray.engine.native import NativeEngine
 
-    return NativeEngine(model, tokenizer, 0, KVPolicy(**policy))
+    return NativeEngine(model, tokenizer, EOS_TOKEN_ID, KVPolicy(**policy))
 
 
 def bench_throughput(model: DecoderLM, tokenizer: Any, hf: Any, args: argparse.Namespace,

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.engine.toy import sample_lines
+from perkunas_ray.kvserve.registry import Registry, parse_registry
+
 GOAL_HIT_RATIO = 0.9
 TOKEN = "bench-token"
 
@@ -43,8 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---- workloads ----------------------------------------------------------------------------------
 
 def _story_paragraphs(n: int, min_chars: int, rng: random.Random) -> list[str]:
-    from perkunas_ray.engine.toy import sample_lines
-
     lines = sample_lines(4000)
     rng.shuffle(lines)
     paragraphs, current = [], ""
@@ -149,19 +150,19 @@ def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
 
 # ---- deployments --------------------------------------------------------------------------------
 
-def write_registry(path: Path, model_dir: str | Path, replicas: int, num_blocks: int, block_size: int,
-                   policy: str, **router: Any) -> Path:
-    path.write_text(json.dumps({"models": {"bench": {
+def bench_registry(model_dir: str | Path, replicas: int, num_blocks: int, block_size: int, policy: str,
+                   **router: Any) -> Registry:
+    """The registry of one benchmark configuration: model "bench" on `replicas` replicas, `policy` router."""
+    return parse_registry({"models": {"bench": {
         "source": str(model_dir), "num_replicas": replicas, "num_cpus": 0, "max_ongoing_requests": 64,
-        "kv_policy": {"num_blocks": num_blocks, "block_size": block_size}}}, "router": {"policy": policy, **router}}))
-    return path
+        "kv_policy": {"num_blocks": num_blocks, "block_size": block_size}}}, "router": {"policy": policy, **router}})
 
 
-def run_configuration(url: str, registry: Path, workloads: dict[str, list[str]], concurrency: int,
+def run_configuration(url: str, registry: Registry, workloads: dict[str, list[str]], concurrency: int,
                       max_tokens: int) -> dict[str, Any]:
-    from perkunas_ray.kvserve import launch
+    from deployments import launch  # Ray Serve loads only when a benchmark runs, not for `perkunas bench -h`
 
-    launch.deploy({"registry": str(registry), "api_tokens": f"bench:{TOKEN}"})
+    launch.deploy(registry, api_tokens=f"bench:{TOKEN}")
     try:
         # Warm every replica up (model load, first-call costs) with prompts no workload shares.
         asyncio.run(drive(url, "bench", [f"warm up {i} {'z' * (7 * i)}" for i in range(8)], 4, 2))
@@ -173,10 +174,8 @@ def run_configuration(url: str, registry: Path, workloads: dict[str, list[str]],
 
 def compare(url: str, model_dir: str | Path, *, replicas: int = 2, concurrency: int = 4, num_prefixes: int = 24,
             repeats: int = 3, num_random: int = 32, max_tokens: int = 16, num_blocks: int = 1024,
-            block_size: int = 16, include_single: bool = True, seed: int = 0,
-            work_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+            block_size: int = 16, include_single: bool = True, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Deploy single (1 replica), default (pow2) and kv (ours) in turn on the running Serve at `url`."""
-    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="bench_kvserve_"))
     workloads = {"prefix": prefix_workload(num_prefixes, repeats, seed)}
     if num_random:
         workloads["random"] = random_workload(num_random, seed + 1)
@@ -185,13 +184,13 @@ def compare(url: str, model_dir: str | Path, *, replicas: int = 2, concurrency: 
         configs.insert(0, ("single", 1, "kv"))
     results = {}
     for name, n, policy in configs:
-        registry = write_registry(work_dir / f"{name}.json", model_dir, n, num_blocks, block_size, policy)
+        registry = bench_registry(model_dir, n, num_blocks, block_size, policy)
         results[name] = run_configuration(url, registry, workloads, concurrency, max_tokens)
     return results
 
 
 def run(args: argparse.Namespace) -> int:
-    from perkunas_ray.kvserve import launch
+    from deployments import launch
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
     work_dir = Path(tempfile.mkdtemp(prefix="bench_kvserve_"))
@@ -206,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         results = compare(url, model_dir, replicas=args.replicas, concurrency=args.concurrency,
                           num_prefixes=args.num_prefixes, repeats=args.repeats, num_random=args.num_random,
                           max_tokens=args.max_tokens, num_blocks=args.num_blocks, block_size=args.block_size,
-                          seed=args.seed, work_dir=work_dir)
+                          seed=args.seed)
     finally:
         launch.shutdown()
     cols = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms",

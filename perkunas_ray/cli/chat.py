@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from typing import Any
 
-from perkunas_ray.cli.generate import add_engine_arguments, add_sampling_arguments, load_engine, stream_to
+from perkunas_ray.cli.generate import (
+    add_engine_arguments,
+    add_sampling_arguments,
+    load_engine,
+    sampling_from_args,
+    stream_to,
+)
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import ConfigError
 
@@ -58,7 +65,7 @@ class ChatSession:
         if name in setters:
             field, kind = setters[name]
             try:
-                new = SamplingParams(**{**self.params.__dict__, field: kind(value)}).validate()
+                new = dataclasses.replace(self.params, **{field: kind(value)})
             except (ValueError, ConfigError) as exc:
                 return f"(not changed: {exc})"
             self.params = new
@@ -74,9 +81,8 @@ class ChatSession:
     def reply(self, user_text: str, out: Any) -> str:
         """Send a user message, stream the assistant's answer to `out`, keep both in the history."""
         self.messages.append({"role": "user", "content": user_text})
-        params = SamplingParams(**{**self.params.__dict__,
-                                   "stop_token_ids": self.stop_token_ids + list(self.params.stop_token_ids),
-                                   "stop": list(self.params.stop) + [END_OF_TURN]})
+        params = dataclasses.replace(self.params, stop_token_ids=self.stop_token_ids + list(self.params.stop_token_ids),
+                                     stop=list(self.params.stop) + [END_OF_TURN])
         self.num_turns += 1
         final = asyncio.run(stream_to(self.engine, f"chat-{self.num_turns}", self.prompt(), params, out))
         text = final.outputs[0].text
@@ -85,9 +91,7 @@ class ChatSession:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                            seed=args.seed, stop=list(args.stop)).validate()
+    params = sampling_from_args(args)
     engine = load_engine(args)
     session = ChatSession(engine, params, args.system)
     print(f"chatting with {engine.name} ({HELP.splitlines()[0]})", file=sys.stderr)

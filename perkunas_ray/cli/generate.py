@@ -58,7 +58,7 @@ def policy_from_args(args: argparse.Namespace) -> KVPolicy:
 def sampling_from_args(args: argparse.Namespace, **extra: Any) -> SamplingParams:
     return SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                          seed=args.seed, stop=list(args.stop), **extra).validate()
+                          seed=args.seed, stop=list(args.stop), **extra)
 
 
 def load_engine(args: argparse.Namespace) -> Any:

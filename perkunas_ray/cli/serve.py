@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import time
 
@@ -29,35 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perkunas_ray.kvserve import launch
-    from perkunas_ray.kvserve.auth import TokenAuth, parse_tokens, tokens_from_env
-    from perkunas_ray.kvserve.registry import load_registry, single_model_registry
+    from deployments import launch
+    from perkunas_ray.kvserve.auth import TokenAuth, resolve_tokens
+    from perkunas_ray.kvserve.registry import apply_app_args, load_registry, single_model_registry
 
     if args.registry:
         if args.replicas is not None or args.device is not None:
             raise ConfigError("--replicas and --device go with --model-dir; set them in the registry instead")
-        registry = load_registry(args.registry)  # validate before starting Ray
-        build_args = {"registry": os.path.abspath(args.registry)}
+        registry = load_registry(args.registry)
     else:
         fields = {k: v for k, v in (("num_replicas", args.replicas), ("device", args.device)) if v is not None}
         registry = single_model_registry(args.model_dir, **fields)
-        build_args = {"model_dir": os.path.abspath(args.model_dir)}
-        if fields:  # pass the shortcut as a registry so the extra fields travel
-            import json
-            import tempfile
-
-            spec = registry.models[next(iter(registry.models))]
-            path = os.path.join(tempfile.mkdtemp(prefix="perkunas_serve_"), "registry.json")
-            with open(path, "w") as f:
-                json.dump({"models": {spec.model_id: {"source": spec.source, **fields}}}, f)
-            build_args = {"registry": path}
-    if args.router:
-        build_args["router"] = args.router
-    tokens = parse_tokens(args.api_tokens) if args.api_tokens else tokens_from_env() or \
-        parse_tokens(registry.api_tokens)
-    if args.api_tokens:
-        build_args["api_tokens"] = args.api_tokens
-    auth = TokenAuth(tokens)
+    apply_app_args(registry, {"router": args.router})
+    auth = TokenAuth(resolve_tokens(args.api_tokens, registry.api_tokens))  # what the ingress will resolve too
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -65,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)  # `kill` shuts down as cleanly as Ctrl-C
     launch.start_local(args.host, args.port, num_cpus=args.num_cpus)
     try:
-        launch.deploy(build_args)
+        launch.deploy(registry, args.api_tokens)
         url = f"http://{args.host}:{args.port}"
         print(f"kvserve: {auth.describe()}")
-        print(f"kvserve: models {', '.join(registry.models)}; router {args.router or registry.router.policy}")
+        print(f"kvserve: models {', '.join(registry.models)}; router {registry.router.policy}")
         print(f"kvserve: serving at {url}/v1 (OpenAI API; health: {url}/health). Ctrl-C to stop.", flush=True)
         while True:
             time.sleep(3600)

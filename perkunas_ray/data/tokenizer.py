@@ -19,6 +19,7 @@ ASSISTANT_TOKEN = "<|assistant|>"
 END_TOKEN = "<|end|>"
 # Order is the contract: a trained tokenizer gives these ids 0, 1, 2, ... in this order.
 SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
+EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)
 NUM_BYTE_TOKENS = 256
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + NUM_BYTE_TOKENS
 DEFAULT_VOCAB_SIZE = 8192
@@ -63,6 +64,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, 
         if got != expected_id:  # would break every caller that relies on EOS=0, PAD=1
             raise DataError(f"trained tokenizer gave {token} id {got}, expected {expected_id}")
     return tokenizer
+
+
+def eos_token_id(tokenizer: Tokenizer) -> int:
+    """The tokenizer's id of EOS_TOKEN; EOS_TOKEN_ID for one that lacks it (a foreign Hugging Face package)."""
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    return EOS_TOKEN_ID if eos is None else eos
 
 
 def resolve_tokenizer_file(path: str | Path) -> Path:

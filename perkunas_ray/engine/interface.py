@@ -20,9 +20,13 @@ FINISH_REASONS = ("stop", "length", "abort")
 KV_EVENT_KINDS = ("stored", "removed", "cleared")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """How one request samples and when it stops (OpenAI / vLLM names)."""
+    """How one request samples and when it stops (OpenAI / vLLM names).
+
+    Checked once, when made (frozen, so it stays valid): whoever receives one, across the serving wire
+    included, need not check it again.
+    """
 
     max_tokens: int = 16
     temperature: float = 1.0  # 0 = greedy
@@ -36,6 +40,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None = off; k >= 0 = the sampled token's logprob plus the top k
     n: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self, prefix: str = "sampling") -> SamplingParams:
         check(is_int(self.max_tokens) and self.max_tokens > 0, f"{prefix}.max_tokens", "a positive integer",

@@ -64,9 +64,6 @@ class KVCacheManager:
         self.prefix_cache_queries_tokens += num_query_tokens
         self.prefix_cache_hits_tokens += num_hit_tokens
 
-    def can_fit(self, num_tokens: int) -> bool:
-        return cdiv(num_tokens, self.block_size) <= self.block_pool.num_blocks
-
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_block_ids: Sequence[int] = ()) -> list[int] | None:
         """Give `request` slots for `num_new_tokens` more tokens after its computed ones (plus the

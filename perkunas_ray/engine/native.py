@@ -97,7 +97,7 @@ class NativeEngine:
     def from_path(cls, path: str | Path, policy: KVPolicy | None = None, device: str = "cpu", dtype: str = "fp32",
                   **kwargs: Any) -> NativeEngine:
         """Load a training run dir or a Hugging Face package dir (weights, tokenizer, EOS, chat template)."""
-        from perkunas_ray.checkpoint.inference import load_inference_model
+        from perkunas_ray.model_source import load_inference_model
 
         loaded = load_inference_model(path, device, dtype)
         return cls(loaded.model, loaded.tokenizer, loaded.eos_token_id, policy, chat_template=loaded.chat_template,
@@ -113,7 +113,6 @@ class NativeEngine:
         return list(prompt)
 
     def _new_state(self, request_id: str, prompt: str | list[int], params: SamplingParams, sink: Any) -> RequestState:
-        params.validate()
         token_ids = self._tokenize(prompt)
         vocab = self.model.config.vocab_size
         if not token_ids:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.data.tokenizer import eos_token_id
 from perkunas_ray.engine.block_hash import block_hashes
 from perkunas_ray.engine.interface import (
     CompletionOutput,
@@ -52,7 +53,6 @@ def vllm_engine_args(model_path: str, policy: KVPolicy, *, max_model_len: int | 
 
 def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """vllm.SamplingParams keywords (plus output_kind=DELTA, set by the caller)."""
-    params.validate()
     return {"n": params.n, "max_tokens": params.max_tokens, "temperature": params.temperature,
             "top_k": params.top_k if params.top_k > 0 else -1, "top_p": params.top_p, "min_p": params.min_p,
             "repetition_penalty": params.repetition_penalty, "seed": params.seed, "stop": list(params.stop),
@@ -85,8 +85,7 @@ class VLLMEngine:
         self.block_size = self.policy.block_size
         path = Path(model_path)
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        eos = self.tokenizer.token_to_id("<|endoftext|>")
-        self.eos_token_id = 0 if eos is None else eos
+        self.eos_token_id = eos_token_id(self.tokenizer)
         self._vllm, self._delta = vllm, RequestOutputKind.DELTA
         args = vllm_engine_args(str(path), self.policy, max_model_len=max_model_len, dtype=dtype,
                                 gpu_memory_utilization=gpu_memory_utilization, seed=seed)

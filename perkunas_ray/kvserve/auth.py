@@ -11,7 +11,10 @@ from perkunas_ray.errors import ConfigError
 ENV_VAR = "KV_API_TOKENS"
 
 
-def parse_tokens(spec: str | Mapping[str, str] | list[str] | None) -> dict[str, str]:
+TokenSpec = str | Mapping[str, str] | list[str] | None
+
+
+def parse_tokens(spec: TokenSpec) -> dict[str, str]:
     """`"name:token,name2:token2"` (a bare `token` is named after its position), a list, or a mapping."""
     if spec is None or spec == "":
         return {}
@@ -36,6 +39,14 @@ def parse_tokens(spec: str | Mapping[str, str] | list[str] | None) -> dict[str, 
 
 def tokens_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return parse_tokens((environ if environ is not None else os.environ).get(ENV_VAR))
+
+
+def resolve_tokens(given: TokenSpec, configured: TokenSpec) -> dict[str, str]:
+    """The tokens in force: those `given` (a flag, an app arg), else KV_API_TOKENS, else the `configured` ones
+    (the registry's). Read where the ingress runs, so a cluster's environment counts."""
+    if given not in (None, ""):
+        return parse_tokens(given)
+    return tokens_from_env() or parse_tokens(configured)
 
 
 class TokenAuth:

@@ -1,4 +1,4 @@
-"""What the HTTP app talks to: per-model frontends (tokenizer, limits, template) and a stream of engine deltas.
+"""What the HTTP app talks to: per-model frontends (tokenizer, limits, template) and streams of `OutputDelta`s.
 
 `LocalBackend` runs `EngineService`s in-process (tests, tools); the Serve ingress implements the same
 methods over deployment handles (deployments/ingress.py).
@@ -12,26 +12,24 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from perkunas_ray.chat_template import render_chat
+from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.kvserve.errors import APIError, model_not_found
 from perkunas_ray.kvserve.registry import Registry
 from perkunas_ray.kvserve.service import EngineService
+from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 
 class ModelFrontend:
     """The ingress-side view of one model: its tokenizer, context limit and chat template."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: ModelInfo) -> None:
         from tokenizers import Tokenizer
 
-        self.model_id: str = info["model_id"]
-        self.engine: str = info["engine"]
-        self.max_model_len: int = info["max_model_len"]
-        self.block_size: int = info["block_size"]
-        self.eos_token_id: int = info["eos_token_id"]
-        self.chat_template: str = info["chat_template"]
-        self.vocab_size: int = info["vocab_size"]
-        self.kv_policy: dict[str, Any] = info["kv_policy"]
-        self.tokenizer = Tokenizer.from_str(info["tokenizer_json"])
+        self.model_id = info.model_id
+        self.max_model_len = info.max_model_len
+        self.chat_template = info.chat_template
+        self.vocab_size = info.vocab_size
+        self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)
@@ -82,11 +80,11 @@ class Backend:
                     self._frontends[model_id] = frontend
         return frontend
 
-    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+    async def fetch_info(self, model_id: str) -> ModelInfo:
         raise NotImplementedError
 
     def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
-               params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+               params: SamplingParams) -> AsyncIterator[OutputDelta]:
         raise NotImplementedError
 
     async def stats(self, model_id: str) -> dict[str, Any]:
@@ -100,11 +98,11 @@ class LocalBackend(Backend):
         super().__init__(registry)
         self.services = services
 
-    async def fetch_info(self, model_id: str) -> dict[str, Any]:
+    async def fetch_info(self, model_id: str) -> ModelInfo:
         return self.services[model_id].info()
 
     def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
-               params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+               params: SamplingParams) -> AsyncIterator[OutputDelta]:
         return self.services[model_id].stream(request_id, prompt_token_ids, params)
 
     async def stats(self, model_id: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -91,7 +91,3 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str
     tokens: list[int]
-
-
-def dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump()

@@ -10,21 +10,20 @@ models:
     num_replicas: 2           # or autoscaling_config: {min_replicas: 1, max_replicas: 4}
     kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}
 router: {policy: kv, imbalance_threshold: 4}
+ingress: {num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
 ```
-No torch or ray import here: the CLI and the app builder read it cheaply.
+It also holds every Ray Serve option of the deployments (replicas, resources, concurrency, health checks;
+see `serve_options`). No torch or ray import here: the CLI and the app builder read it cheaply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from perkunas_ray.config import is_int
+from perkunas_ray.config import check, from_dict, is_int, load_mapping
 from perkunas_ray.engine.interface import KVPolicy
 from perkunas_ray.errors import ConfigError
 
@@ -32,6 +31,10 @@ ENGINES = ("native", "vllm")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 ROUTER_POLICIES = ("kv", "pow2")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+TOP_LEVEL_KEYS = ("models", "router", "ingress", "api_tokens", "max_body_bytes")
+# What `serve run` / `serve deploy` may pass to the app builder (deployments.app:build_app).
+APP_ARGS = ("registry", "model_dir", "api_tokens", "router", "imbalance_threshold", "max_body_bytes",
+            "ingress_num_cpus")
 
 
 def _is_num(v: Any) -> bool:
@@ -40,7 +43,7 @@ def _is_num(v: Any) -> bool:
 
 @dataclasses.dataclass
 class ModelSpec:
-    """One served model."""
+    """One served model: what to load, how, and its engine deployment's Serve options."""
 
     model_id: str
     source: str
@@ -53,17 +56,21 @@ class ModelSpec:
     max_ongoing_requests: int = 32
     num_cpus: float = 1.0
     num_gpus: float | None = None  # None: 1 on cuda, else 0
+    health_check_period_s: float = 5.0
+    graceful_shutdown_timeout_s: float = 5.0
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
     max_model_len: int | None = None
     seed: int = 0
 
     def validate(self) -> ModelSpec:
-        where = f"model {self.model_id!r}"
+        try:
+            self._check_fields()
+            self.kv_policy.validate("kv_policy")
+        except ConfigError as exc:
+            raise ConfigError(f"model {self.model_id!r}: {exc}") from None
+        return self
 
-        def check(cond: bool, field: str, expected: str, got: Any) -> None:
-            if not cond:
-                raise ConfigError(f"{where}: {field} must be {expected}, got {got!r}")
-
+    def _check_fields(self) -> None:
         check(isinstance(self.model_id, str) and bool(self.model_id.strip()), "id", "a non-empty string",
               self.model_id)
         check(isinstance(self.source, str) and bool(self.source), "source",
@@ -83,16 +90,14 @@ class ModelSpec:
         check(_is_num(self.num_cpus) and self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
+        for name in ("health_check_period_s", "graceful_shutdown_timeout_s"):
+            value = getattr(self, name)
+            check(_is_num(value) and value > 0, name, "a number > 0", value)
         check(self.chat_template is None or (isinstance(self.chat_template, str) and bool(self.chat_template)),
               "chat_template", "a Jinja template string or null", self.chat_template)
         check(self.max_model_len is None or (is_int(self.max_model_len) and self.max_model_len > 0),
               "max_model_len", "a positive integer or null", self.max_model_len)
         check(is_int(self.seed), "seed", "an integer", self.seed)
-        try:
-            self.kv_policy.validate("kv_policy")
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        return self
 
     @property
     def resolved_num_gpus(self) -> float:
@@ -102,11 +107,6 @@ class ModelSpec:
 
     def policy_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.kv_policy)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["kv_policy"] = self.policy_dict()
-        return data
 
 
 @dataclasses.dataclass
@@ -119,14 +119,32 @@ class RouterConfig:
     routing_stats_period_s: float = 0.5  # how often Serve polls replicas for their cache contents
 
     def validate(self) -> RouterConfig:
-        if self.policy not in ROUTER_POLICIES:
-            raise ConfigError(f"router.policy must be one of {', '.join(ROUTER_POLICIES)}, got {self.policy!r}")
-        if not is_int(self.imbalance_threshold) or self.imbalance_threshold < 0:
-            raise ConfigError(f"router.imbalance_threshold must be an integer >= 0, got {self.imbalance_threshold!r}")
+        check(self.policy in ROUTER_POLICIES, "router.policy", f"one of {', '.join(ROUTER_POLICIES)}", self.policy)
+        check(is_int(self.imbalance_threshold) and self.imbalance_threshold >= 0, "router.imbalance_threshold",
+              "an integer >= 0", self.imbalance_threshold)
         for name in ("optimistic_ttl_s", "routing_stats_period_s"):
             value = getattr(self, name)
-            if not _is_num(value) or value <= 0:
-                raise ConfigError(f"router.{name} must be a number > 0, got {value!r}")
+            check(_is_num(value) and value > 0, f"router.{name}", "a number > 0", value)
+        return self
+
+
+@dataclasses.dataclass
+class IngressConfig:
+    """The HTTP ingress deployment's Serve options."""
+
+    num_replicas: int = 1
+    num_cpus: float = 0.0
+    max_ongoing_requests: int = 1000
+    graceful_shutdown_timeout_s: float = 5.0
+
+    def validate(self) -> IngressConfig:
+        check(is_int(self.num_replicas) and self.num_replicas >= 1, "ingress.num_replicas", "an integer >= 1",
+              self.num_replicas)
+        check(_is_num(self.num_cpus) and self.num_cpus >= 0, "ingress.num_cpus", "a number >= 0", self.num_cpus)
+        check(is_int(self.max_ongoing_requests) and self.max_ongoing_requests >= 1, "ingress.max_ongoing_requests",
+              "an integer >= 1", self.max_ongoing_requests)
+        check(_is_num(self.graceful_shutdown_timeout_s) and self.graceful_shutdown_timeout_s > 0,
+              "ingress.graceful_shutdown_timeout_s", "a number > 0", self.graceful_shutdown_timeout_s)
         return self
 
 
@@ -134,16 +152,23 @@ class RouterConfig:
 class Registry:
     models: dict[str, ModelSpec]
     router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
+    ingress: IngressConfig = dataclasses.field(default_factory=IngressConfig)
     api_tokens: Any = None  # "name:token,..." or {name: token}; None: from KV_API_TOKENS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    path: str | None = None
 
-    def get(self, model_id: str) -> ModelSpec | None:
-        return self.models.get(model_id)
+    def validate(self) -> Registry:
+        self.router.validate()
+        self.ingress.validate()
+        check(is_int(self.max_body_bytes) and self.max_body_bytes >= 1024, "max_body_bytes", "an integer >= 1024",
+              self.max_body_bytes)
+        return self
 
 
-def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def _reject_unknown(raw: Mapping[str, Any], cls: type, what: str, exclude: frozenset[str] = frozenset()) -> None:
+    known = sorted({f.name for f in dataclasses.fields(cls)} - exclude)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{what} unknown field {unknown[0]!r} (known: {', '.join(known)})")
 
 
 def _model_spec(model_id: str, raw: Any, base_dir: Path | None) -> ModelSpec:
@@ -151,19 +176,13 @@ def _model_spec(model_id: str, raw: Any, base_dir: Path | None) -> ModelSpec:
         raise ConfigError(f"model {model_id!r}: expected a mapping of fields, got {type(raw).__name__}")
     raw = dict(raw)
     raw.pop("id", None)
-    allowed = _fields(ModelSpec) - {"model_id"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"model {model_id!r}: unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    _reject_unknown(raw, ModelSpec, f"model {model_id!r}:", exclude=frozenset({"model_id"}))
     if "source" not in raw:
         raise ConfigError(f"model {model_id!r}: source is required (a run dir or a Hugging Face package dir)")
     policy_raw = raw.pop("kv_policy", None) or {}
     if not isinstance(policy_raw, Mapping):
         raise ConfigError(f"model {model_id!r}: kv_policy must be a mapping, got {policy_raw!r}")
-    unknown = sorted(set(policy_raw) - _fields(KVPolicy))
-    if unknown:
-        raise ConfigError(f"model {model_id!r}: kv_policy has unknown field {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(_fields(KVPolicy)))})")
+    _reject_unknown(policy_raw, KVPolicy, f"model {model_id!r}: kv_policy has")
     source = raw.get("source")
     if isinstance(source, str) and base_dir is not None and source and not Path(source).expanduser().is_absolute():
         raw["source"] = str((base_dir / source).resolve())
@@ -175,26 +194,26 @@ def _model_spec(model_id: str, raw: Any, base_dir: Path | None) -> ModelSpec:
     return spec.validate()
 
 
-def parse_registry(data: Any, base_dir: Path | None = None, path: str | None = None) -> Registry:
+def _model_pairs(raw_models: Any, where: str) -> list[tuple[str, Any]]:
+    """`models` as (id, spec) pairs: from a mapping id -> spec, or a list of specs with an `id`."""
+    if isinstance(raw_models, Mapping):
+        return [(str(k), v) for k, v in raw_models.items()]
+    if not isinstance(raw_models, list):
+        raise ConfigError(f"{where}: models must be a mapping id -> spec or a list of specs with 'id'")
+    for i, item in enumerate(raw_models):
+        if not isinstance(item, Mapping) or not isinstance(item.get("id"), str):
+            raise ConfigError(f"{where}: models[{i}] needs an 'id' string")
+    return [(item["id"], item) for item in raw_models]
+
+
+def parse_registry(data: Any, base_dir: Path | None = None, where: str = "registry") -> Registry:
     """Validate a registry mapping (as read from JSON/YAML)."""
-    where = path or "registry"
     if not isinstance(data, Mapping) or "models" not in data:
         raise ConfigError(f"{where}: expected a mapping with a 'models' key")
-    unknown = sorted(set(data) - {"models", "router", "api_tokens", "max_body_bytes"})
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key {unknown[0]!r} "
-                          "(known: models, router, api_tokens, max_body_bytes)")
-    raw_models = data["models"]
-    if isinstance(raw_models, list):
-        pairs = []
-        for i, item in enumerate(raw_models):
-            if not isinstance(item, Mapping) or not isinstance(item.get("id"), str):
-                raise ConfigError(f"{where}: models[{i}] needs an 'id' string")
-            pairs.append((item["id"], item))
-    elif isinstance(raw_models, Mapping):
-        pairs = [(str(k), v) for k, v in raw_models.items()]
-    else:
-        raise ConfigError(f"{where}: models must be a mapping id -> spec or a list of specs with 'id'")
+        raise ConfigError(f"{where}: unknown top-level key {unknown[0]!r} (known: {', '.join(TOP_LEVEL_KEYS)})")
+    pairs = _model_pairs(data["models"], where)
     if not pairs:
         raise ConfigError(f"{where}: models is empty; register at least one model")
     models: dict[str, ModelSpec] = {}
@@ -202,34 +221,47 @@ def parse_registry(data: Any, base_dir: Path | None = None, path: str | None = N
         if model_id in models:
             raise ConfigError(f"{where}: model {model_id!r} is registered twice")
         models[model_id] = _model_spec(model_id, raw, base_dir)
-    router_raw = data.get("router") or {}
-    if not isinstance(router_raw, Mapping):
-        raise ConfigError(f"{where}: router must be a mapping, got {router_raw!r}")
-    unknown = sorted(set(router_raw) - _fields(RouterConfig))
-    if unknown:
-        raise ConfigError(f"{where}: router has unknown field {unknown[0]!r}")
-    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
-    if not is_int(max_body) or max_body < 1024:
-        raise ConfigError(f"{where}: max_body_bytes must be an integer >= 1024, got {max_body!r}")
-    return Registry(models=models, router=RouterConfig(**router_raw).validate(), api_tokens=data.get("api_tokens"),
-                    max_body_bytes=max_body, path=path)
+    try:
+        return Registry(models=models, router=from_dict(RouterConfig, data.get("router") or {}, "router"),
+                        ingress=from_dict(IngressConfig, data.get("ingress") or {}, "ingress"),
+                        api_tokens=data.get("api_tokens"),
+                        max_body_bytes=data.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_registry(path: str | Path) -> Registry:
-    """Read a registry from a .json, .yaml or .yml file."""
+    """Read a registry from a .json, .yaml or .yml file (relative sources: from the file's directory)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model registry {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"model registry {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{exc}") from None
-    return parse_registry(data, base_dir=path.parent.resolve(), path=str(path))
+    return parse_registry(load_mapping(path), base_dir=path.parent.resolve(), where=str(path))
 
 
 def single_model_registry(model_dir: str | Path, model_id: str | None = None, **fields: Any) -> Registry:
     """The `--model-dir RUN` shortcut: one model named after its directory."""
     path = Path(model_dir).expanduser().resolve()
     return parse_registry({"models": {model_id or path.name: {"source": str(path), **fields}}})
+
+
+def apply_app_args(registry: Registry, args: Mapping[str, Any]) -> Registry:
+    """Apply the app builder's overrides (router, imbalance_threshold, max_body_bytes, ingress_num_cpus)."""
+    if args.get("router") is not None:
+        registry.router.policy = args["router"]
+    if args.get("imbalance_threshold") is not None:
+        registry.router.imbalance_threshold = args["imbalance_threshold"]
+    if args.get("max_body_bytes") is not None:
+        registry.max_body_bytes = args["max_body_bytes"]
+    if args.get("ingress_num_cpus") is not None:
+        registry.ingress.num_cpus = args["ingress_num_cpus"]
+    return registry.validate()
+
+
+def registry_from_app_args(args: Mapping[str, Any]) -> Registry:
+    """The registry `serve run`'s args name (a registry file, relative to the working dir, or a model_dir),
+    with their overrides applied."""
+    unknown = sorted(set(args) - set(APP_ARGS))
+    if unknown:
+        raise ConfigError(f"build_app: unknown arg {unknown[0]!r} (known: {', '.join(APP_ARGS)})")
+    if bool(args.get("registry")) == bool(args.get("model_dir")):
+        raise ConfigError("build_app: give exactly one of registry (a JSON/YAML file) or model_dir (a run dir)")
+    registry = load_registry(args["registry"]) if args.get("registry") else single_model_registry(args["model_dir"])
+    return apply_app_args(registry, args)

@@ -114,11 +114,6 @@ class PrefixIndex:
             del entries[h]
         return entries
 
-    def contains(self, replica_id: str, block_hash: int) -> bool:
-        if block_hash in self._confirmed.get(replica_id, ()):
-            return True
-        return block_hash in self._expire(replica_id, self._clock())
-
     def match(self, replica_id: str, hashes: Sequence[int]) -> int:
         """How many leading blocks of the prompt the replica holds (chained hashes: stop at the first miss)."""
         confirmed = self._confirmed.get(replica_id, set())

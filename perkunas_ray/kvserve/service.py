@@ -1,6 +1,6 @@
 """EngineService: one engine replica's plain core (the EngineServer deployment is a thin shell over it).
 
-It builds the engine a registry entry names, streams requests as small dicts, aborts a request whose
+It builds the engine a registry entry names, streams requests as `OutputDelta`s, aborts a request whose
 consumer goes away (so its KV blocks return to the pool), keeps a mirror of the prefix cache from the
 engine's KV events for the router, and feeds the engine metrics.
 """
@@ -19,6 +19,7 @@ from perkunas_ray.errors import ConfigError, PerkunasError
 from perkunas_ray.kvserve.metrics import EngineMetrics
 from perkunas_ray.kvserve.registry import ModelSpec
 from perkunas_ray.kvserve.routing import KVEventMirror
+from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 VLLM_NOT_INSTALLED = ("model {model!r} has engine 'vllm', but vllm is not installed here (it needs a Linux GPU "
                       "machine: pip install 'perkunas-ray[vllm]'); use engine: native or install vllm")
@@ -55,16 +56,11 @@ def _chat_template(spec: ModelSpec, engine: Any) -> str:
     try:
         from pathlib import Path
 
-        from perkunas_ray.checkpoint.inference import _hf_chat_template
+        from perkunas_ray.model_source import hf_chat_template
 
-        return _hf_chat_template(Path(spec.source))
+        return hf_chat_template(Path(spec.source))
     except Exception:  # noqa: BLE001 - any failure: our template
         return CHAT_TEMPLATE
-
-
-def sampling_params_from_dict(data: dict[str, Any]) -> SamplingParams:
-    known = {f.name for f in dataclasses.fields(SamplingParams)}
-    return SamplingParams(**{k: v for k, v in data.items() if k in known}).validate()
 
 
 class EngineService:
@@ -80,33 +76,25 @@ class EngineService:
         self.chat_template = _chat_template(spec, self.engine)
         self.num_aborted = 0
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         tokenizer = self.engine.tokenizer
-        return {"model_id": self.spec.model_id, "engine": self.spec.engine,
-                "max_model_len": int(self.engine.max_model_len), "block_size": int(self.engine.block_size),
-                "eos_token_id": int(self.engine.eos_token_id), "chat_template": self.chat_template,
-                "vocab_size": int(tokenizer.get_vocab_size()), "tokenizer_json": tokenizer.to_str(),
-                "kv_policy": self.spec.policy_dict()}
+        return ModelInfo(model_id=self.spec.model_id, max_model_len=int(self.engine.max_model_len),
+                         vocab_size=int(tokenizer.get_vocab_size()), chat_template=self.chat_template,
+                         tokenizer_json=tokenizer.to_str())
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
-                     params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield `{"outputs": [...deltas], "num_prompt_tokens", "num_cached_tokens", "finished"}` dicts.
+                     params: SamplingParams) -> AsyncIterator[OutputDelta]:
+        """Yield the request's deltas; the last has finished=True.
 
         If the consumer stops early (a dropped client cancels the call, or closes the generator), the
         request is aborted and its blocks are freed.
         """
-        sampling = sampling_params_from_dict(params)
         finished = False
-        outputs = self.engine.stream(request_id, list(prompt_token_ids), sampling)
+        outputs = self.engine.stream(request_id, list(prompt_token_ids), params)
         try:
             async for out in outputs:
                 finished = out.finished
-                yield {"request_id": request_id, "num_prompt_tokens": len(out.prompt_token_ids),
-                       "num_cached_tokens": int(out.num_cached_tokens), "finished": out.finished,
-                       "outputs": [{"index": c.index, "delta_text": c.delta_text,
-                                    "delta_token_ids": list(c.delta_token_ids), "num_tokens": len(c.token_ids),
-                                    "finish_reason": c.finish_reason,
-                                    "stop_reason": c.stop_reason} for c in out.outputs]}
+                yield OutputDelta.from_output(out)
                 if finished:
                     return
         finally:

@@ -143,7 +143,8 @@ def serving(ray_session, tmp_path_factory):
     """The real kvserve app (ingress, KV-aware router, one native engine on a tiny random model) on Serve."""
     from ray import serve
 
-    from perkunas_ray.kvserve import launch
+    from deployments import launch
+    from perkunas_ray.kvserve.registry import load_registry
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
     work = tmp_path_factory.mktemp("serving")
@@ -154,7 +155,7 @@ def serving(ray_session, tmp_path_factory):
     port = free_port()
     launch.start_local("127.0.0.1", port)
     try:
-        launch.deploy({"registry": str(registry), "api_tokens": f"test:{TOKEN}"})
+        launch.deploy(load_registry(registry), api_tokens=f"test:{TOKEN}")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def serve_url(tmp_path_factory):
-    from perkunas_ray.kvserve import launch
+    from deployments import launch
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
     root = tmp_path_factory.mktemp("routing")
@@ -31,7 +31,7 @@ def test_kv_router_beats_default_on_prefix_hits(serve_url) -> None:
 
     url, run, root = serve_url
     results = compare(url, run, replicas=2, concurrency=4, num_prefixes=16, repeats=3, num_random=0, max_tokens=4,
-                      num_blocks=512, work_dir=root)
+                      num_blocks=512)
     single, default, kv = (results[name]["prefix"]["prefix_hit_rate"] for name in ("single", "default", "kv"))
     print(f"\nprefix-hit rate: 1 replica {single:.3f}; 2 replicas: default router {default:.3f} "
           f"(x{default / single:.2f}), kv router {kv:.3f} (x{kv / single:.2f})")
@@ -42,13 +42,12 @@ def test_kv_router_beats_default_on_prefix_hits(serve_url) -> None:
 
 def test_router_learns_from_replica_kv_events(serve_url) -> None:
     """With optimistic entries expiring at once, only the replicas' reported cache contents can steer repeats."""
-    from perkunas_ray.bench.kvserve import drive, prefix_workload, write_registry
-    from perkunas_ray.kvserve import launch
+    from deployments import launch
+    from perkunas_ray.bench.kvserve import bench_registry, drive, prefix_workload
 
     url, run, root = serve_url
-    registry = write_registry(root / "events_only.json", run, 2, 512, 16, "kv", optimistic_ttl_s=0.001,
-                              routing_stats_period_s=0.2)
-    launch.deploy({"registry": str(registry), "api_tokens": "bench:bench-token"})
+    registry = bench_registry(run, 2, 512, 16, "kv", optimistic_ttl_s=0.001, routing_stats_period_s=0.2)
+    launch.deploy(registry, api_tokens="bench:bench-token")
     try:
         prompts = prefix_workload(8, 3, seed=5)
         asyncio.run(drive(url, "bench", prompts[:8], 1, 2))

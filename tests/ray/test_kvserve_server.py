@@ -16,7 +16,8 @@ PROMPT = "Once upon a time there was a little girl named Lily. She liked to play
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from perkunas_ray.kvserve import launch
+    from deployments import launch
+    from perkunas_ray.kvserve.registry import load_registry
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
     run = make_tiny_run_dir(tmp_path_factory.mktemp("kvserve") / "tiny")
@@ -27,7 +28,7 @@ def server(tmp_path_factory):
     METRICS_PORT[0] = launch.free_port()
     launch.start_local("127.0.0.1", port, num_cpus=2, metrics_export_port=METRICS_PORT[0])
     try:
-        launch.deploy({"registry": str(registry), "api_tokens": f"test:{TOKEN}"})
+        launch.deploy(load_registry(registry), api_tokens=f"test:{TOKEN}")
         yield f"http://127.0.0.1:{port}"
     finally:
         launch.shutdown()

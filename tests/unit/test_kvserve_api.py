@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from perkunas_ray.engine.interface import SamplingParams
+
 pytestmark = pytest.mark.unit
 
 TOKEN = "unit-token"
@@ -106,7 +108,7 @@ def test_dropped_stream_frees_blocks(served) -> None:
 
     async def run() -> None:
         frontend = await backend.frontend("tiny")
-        params = {"max_tokens": 200, "temperature": 0.0, "ignore_eos": True}
+        params = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
         chunks = backend.stream("tiny", "drop-1", frontend.encode(PROMPT), params)
         await chunks.__anext__()
         await chunks.aclose()

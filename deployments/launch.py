@@ -6,6 +6,12 @@ import socket
 import time
 from typing import Any
 
+import ray
+from ray import serve
+
+from deployments.app import build_registry_app
+from perkunas_ray.kvserve.registry import Registry
+
 APP_NAME = "kvserve"
 
 
@@ -19,27 +25,18 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
                 include_dashboard: bool = False, metrics_export_port: int | None = None) -> None:
     """ray.init (unless already connected) and serve.start on host:port (Prometheus metrics on
     `metrics_export_port` when given)."""
-    import ray
-    from ray import serve
-
     if not ray.is_initialized():
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False, **extra)
     serve.start(http_options={"host": host, "port": port})
 
 
-def deploy(args: dict[str, Any], name: str = APP_NAME, route_prefix: str = "/") -> Any:
+def deploy(registry: Registry, api_tokens: Any = None, name: str = APP_NAME, route_prefix: str = "/") -> Any:
     """Build and run the app (blocks until it is healthy); returns the ingress handle."""
-    from ray import serve
-
-    from deployments.app import build_app
-
-    return serve.run(build_app(args), name=name, route_prefix=route_prefix)
+    return serve.run(build_registry_app(registry, api_tokens), name=name, route_prefix=route_prefix)
 
 
 def undeploy(name: str = APP_NAME, timeout_s: float = 60.0) -> None:
-    from ray import serve
-
     serve.delete(name)
     deadline = time.time() + timeout_s
     while time.time() < deadline and name in serve.status().applications:
@@ -47,8 +44,5 @@ def undeploy(name: str = APP_NAME, timeout_s: float = 60.0) -> None:
 
 
 def shutdown() -> None:
-    import ray
-    from ray import serve
-
     serve.shutdown()
     ray.shutdown()

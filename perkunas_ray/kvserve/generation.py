@@ -1,0 +1,108 @@
+"""Run one generation request on the backend: collect it into one response, or stream it as SSE events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.errors import APIError
+from perkunas_ray.kvserve.metrics import RequestMetrics
+from perkunas_ray.kvserve.replies import DONE, Accumulator, Reply, sse
+from perkunas_ray.kvserve.wire import OutputDelta
+
+
+class _Timer:
+    """Latency metrics of one request: time to first token, between tokens, end to end."""
+
+    def __init__(self, metrics: RequestMetrics, model: str) -> None:
+        self.metrics = metrics
+        self.tags = {"model": model}
+        self.start = self.last = time.perf_counter()
+        self.first = True
+
+    def tick(self, delta: OutputDelta) -> None:
+        if not delta.has_tokens:
+            return
+        now = time.perf_counter()
+        if self.first:
+            self.metrics.ttft.observe(now - self.start, tags=self.tags)
+            self.first = False
+        else:
+            self.metrics.itl.observe(now - self.last, tags=self.tags)
+        self.last = now
+
+    def done(self, acc: Accumulator) -> None:
+        self.metrics.e2e.observe(time.perf_counter() - self.start, tags=self.tags)
+        self.metrics.generation_tokens.inc(acc.num_completion, tags=self.tags)
+
+
+async def _close(deltas: AsyncIterator[Any]) -> None:
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await asyncio.shield(aclose())
+
+
+async def generate(backend: Backend, metrics: RequestMetrics, reply: Reply, req: Any, token_ids: list[int],
+                   params: SamplingParams) -> Any:
+    """The whole response (`req.stream` false), else a StreamingResponse of SSE events."""
+    model = reply.model
+    timer = _Timer(metrics, model)
+    metrics.prompt_tokens.inc(len(token_ids), tags={"model": model})
+    acc = Accumulator(params.n)
+    deltas = backend.stream(model, reply.request_id, token_ids, params)
+    if not req.stream:
+        try:
+            async for delta in deltas:
+                timer.tick(delta)
+                acc.add(delta)
+        finally:
+            await _close(deltas)
+        timer.done(acc)
+        metrics.request(reply.route, 200)
+        return reply.response(acc)
+    # Pull the first delta before answering 200, so an engine-side refusal is still a proper error.
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await _close(deltas)
+        raise
+    metrics.request(reply.route, 200)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return StreamingResponse(_sse(reply, first, deltas, acc, timer, include_usage), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(reply: Reply, first: OutputDelta | None, deltas: AsyncIterator[OutputDelta], acc: Accumulator,
+               timer: _Timer, include_usage: bool) -> AsyncIterator[str]:
+    """SSE events for one request. A client that goes away cancels this generator: the engine call is
+    closed (cancelled downstream), which aborts the request and frees its KV blocks."""
+
+    def events(delta: OutputDelta) -> list[str]:
+        timer.tick(delta)
+        acc.add(delta)
+        return [sse(chunk) for chunk in reply.chunks(delta)]
+
+    try:
+        if first is not None:
+            for event in events(first):
+                yield event
+        async for delta in deltas:
+            for event in events(delta):
+                yield event
+        timer.done(acc)
+        if include_usage:
+            yield sse(reply.usage_chunk(acc))
+        yield DONE
+    except APIError as exc:
+        yield sse(exc.body())
+        yield DONE
+    finally:
+        await _close(deltas)

@@ -1,0 +1,140 @@
+"""The OpenAI-compatible routes: models, completions, chat completions, tokenize, engine stats.
+
+Every route here needs a bearer token (the `authorized` dependency, applied to the whole router);
+`/health` is on the app itself and stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from perkunas_ray.kvserve import convert
+from perkunas_ray.kvserve.auth import TokenAuth
+from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.body import parse, read_json
+from perkunas_ray.kvserve.errors import APIError, unauthorized
+from perkunas_ray.kvserve.generation import generate
+from perkunas_ray.kvserve.metrics import RequestMetrics
+from perkunas_ray.kvserve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from perkunas_ray.kvserve.replies import ChatReply, CompletionReply
+
+
+@dataclasses.dataclass
+class AppState:
+    """What the routes share, kept on `app.state.kvserve`."""
+
+    backend: Backend
+    auth: TokenAuth
+    metrics: RequestMetrics
+    max_body_bytes: int
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.kvserve
+
+
+State = Annotated[AppState, Depends(app_state)]
+authorization_header = APIKeyHeader(name="Authorization", auto_error=False)
+
+
+async def authorized(state: State, authorization: Annotated[str | None, Security(authorization_header)]) -> str:
+    """The name of the caller's token; 401 when it is missing or unknown."""
+    name = state.auth.check(authorization)
+    if name is None:
+        raise unauthorized()
+    return name
+
+
+async def json_body(request: Request, state: State) -> dict[str, Any]:
+    return await read_json(request, state.max_body_bytes)
+
+
+JSONBody = Annotated[dict[str, Any], Depends(json_body)]
+router = APIRouter(dependencies=[Depends(authorized)])
+
+
+@router.get("/v1/models")
+async def list_models(state: State) -> dict[str, Any]:
+    backend = state.backend
+    for model_id in backend.model_ids():
+        with contextlib.suppress(Exception):  # a model whose engine is not up yet still gets listed
+            await asyncio.wait_for(backend.frontend(model_id), timeout=5)
+    state.metrics.request("/v1/models", 200)
+    return {"object": "list", "data": [backend.model_card(m) for m in backend.model_ids()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, state: State) -> dict[str, Any]:
+    card = state.backend.model_card(model_id)
+    state.metrics.request("/v1/models/{id}", 200)
+    return card
+
+
+@router.get("/kvserve/stats")
+async def engine_stats(state: State, model: str | None = None) -> dict[str, Any]:
+    """One engine replica's stats (KV blocks, prefix cache, aborted requests) for `model`."""
+    model = model or state.backend.model_ids()[0]
+    await state.backend.frontend(model)
+    return await state.backend.stats(model)
+
+
+@router.post("/tokenize")
+async def tokenize(body: JSONBody, state: State) -> dict[str, Any]:
+    req = parse(TokenizeRequest, body)
+    frontend = await state.backend.frontend(req.model)
+    if (req.prompt is None) == (req.messages is None):
+        raise APIError(400, "give exactly one of prompt or messages", param="prompt")
+    if req.prompt is not None:
+        tokens = frontend.encode(req.prompt)
+    else:
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages or []]
+        tokens = frontend.encode(frontend.render_chat(messages, req.add_generation_prompt))
+    state.metrics.request("/tokenize", 200)
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": frontend.max_model_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: JSONBody, state: State) -> dict[str, Any]:
+    req = parse(DetokenizeRequest, body)
+    frontend = await state.backend.frontend(req.model)
+    if req.tokens:
+        convert.check_token_ids(req.tokens, frontend, "tokens")
+    state.metrics.request("/detokenize", 200)
+    return {"prompt": frontend.decode(req.tokens)}
+
+
+@router.post("/v1/completions")
+async def completions(body: JSONBody, state: State) -> Any:
+    req = parse(CompletionRequest, body)
+    frontend = await state.backend.frontend(req.model)
+    if req.logprobs is not None:
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    token_ids, text = convert.completion_prompt(req, frontend)
+    params = convert.sampling_params(req, frontend, len(token_ids), req.max_tokens)
+    echo = (text if text is not None else frontend.decode(token_ids)) if req.echo else None
+    reply = CompletionReply(frontend.model_id, req.n, echo)
+    return await generate(state.backend, state.metrics, reply, req, token_ids, params)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: JSONBody, state: State) -> Any:
+    req = parse(ChatCompletionRequest, body)
+    frontend = await state.backend.frontend(req.model)
+    if req.logprobs or req.top_logprobs:
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    token_ids = convert.chat_prompt(req, frontend)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    params = convert.sampling_params(req, frontend, len(token_ids), max_tokens)
+    reply = ChatReply(frontend.model_id, req.n)
+    return await generate(state.backend, state.metrics, reply, req, token_ids, params)

@@ -1,0 +1,47 @@
+"""Ray Serve options of the engine and ingress deployments, from the registry (plain dicts the shells apply)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from perkunas_ray.kvserve.registry import IngressConfig, ModelSpec, RouterConfig
+
+INGRESS_NAME = "kvserve_ingress"
+
+
+def deployment_name(model_id: str) -> str:
+    return "engine_" + re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+
+
+def request_router_options(spec: ModelSpec, router: RouterConfig, kv_router_class: str) -> dict[str, Any]:
+    """Serve's RequestRouterConfig fields: our KV-aware router (`kv_router_class`) or Serve's default."""
+    options: dict[str, Any] = {"request_routing_stats_period_s": router.routing_stats_period_s,
+                               "request_routing_stats_timeout_s": max(5.0, router.routing_stats_period_s * 10)}
+    if router.policy == "kv":
+        options.update(request_router_class=kv_router_class, request_router_kwargs={
+            "imbalance_threshold": router.imbalance_threshold, "optimistic_ttl_s": router.optimistic_ttl_s,
+            "block_size": spec.kv_policy.block_size})
+    return options
+
+
+def engine_options(spec: ModelSpec) -> dict[str, Any]:
+    """`serve.deployment(...).options(...)` keywords of one model's engine deployment (its router aside)."""
+    options: dict[str, Any] = {
+        "name": deployment_name(spec.model_id), "max_ongoing_requests": spec.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.resolved_num_gpus},
+        "health_check_period_s": spec.health_check_period_s,
+        "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
+    }
+    if spec.autoscaling_config is not None:
+        options["autoscaling_config"] = spec.autoscaling_config
+    else:
+        options["num_replicas"] = spec.num_replicas
+    return options
+
+
+def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
+    """`.options(...)` keywords of the HTTP ingress deployment."""
+    return {"name": INGRESS_NAME, "num_replicas": ingress.num_replicas, "max_ongoing_requests": ingress.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": ingress.num_cpus},
+            "graceful_shutdown_timeout_s": ingress.graceful_shutdown_timeout_s}
