@@ -91,3 +91,25 @@ def test_tokens_parse_and_check() -> None:
     off = TokenAuth({})
     assert not off.enabled and off.check(None) == "anonymous"
     assert "auth is OFF" in off.describe()
+
+
+def test_serve_options_come_from_the_registry() -> None:
+    """Replicas, resources, concurrency, health checks and the router are registry values, and app args
+    override the router, body limit and ingress CPUs in the core, before any Serve builder runs."""
+    from perkunas_ray.kvserve.registry import apply_app_args
+    from perkunas_ray.kvserve.serve_options import engine_options, ingress_options, request_router_options
+
+    reg = parse_registry({"models": {"m/1": {"source": "/x", "device": "cuda", "num_replicas": 3, "num_cpus": 2,
+                                             "max_ongoing_requests": 8, "health_check_period_s": 7}},
+                          "ingress": {"num_cpus": 0.5, "max_ongoing_requests": 50}})
+    options = engine_options(reg.models["m/1"])
+    assert options["name"] == "engine_m_1" and options["num_replicas"] == 3
+    assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1.0}
+    assert (options["max_ongoing_requests"], options["health_check_period_s"]) == (8, 7)
+    assert request_router_options(reg.models["m/1"], reg.router, "r:R")["request_router_class"] == "r:R"
+    assert ingress_options(reg.ingress)["ray_actor_options"] == {"num_cpus": 0.5}
+    apply_app_args(reg, {"router": "pow2", "max_body_bytes": 4096, "ingress_num_cpus": 1})
+    assert (reg.router.policy, reg.max_body_bytes, reg.ingress.num_cpus) == ("pow2", 4096, 1)
+    assert "request_router_class" not in request_router_options(reg.models["m/1"], reg.router, "r:R")
+    with pytest.raises(ConfigError, match="router.policy"):
+        apply_app_args(reg, {"router": "random"})
