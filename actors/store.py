@@ -6,21 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from perkunas_ray.config import RunConfig
 from perkunas_ray.stream.interface import StoreStats
 from perkunas_ray.stream.store import ShardStore
+from perkunas_ray.stream.worker_process import prepare_worker_process
 
 
 class ShardStoreActor:
     """Returns shard versions as numpy dicts: each lands once in the object store and is read zero-copy."""
 
-    def __init__(self, cfg: RunConfig, ckpt_dir: str, num_threads: int = 1) -> None:
-        from actors.compute import normal_priority
-
-        normal_priority()  # optimizer updates sit on the path to the next forward too
-        torch.set_num_threads(num_threads)
+    def __init__(self, cfg: RunConfig, ckpt_dir: str) -> None:
+        prepare_worker_process(1)  # optimizer updates sit on the path to the next forward too
         self.core = ShardStore.from_checkpoint(cfg, Path(ckpt_dir))
 
     def ping(self) -> bool:

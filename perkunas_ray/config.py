@@ -139,7 +139,8 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        kind = path.suffix.lstrip(".").upper() or "YAML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -271,6 +272,34 @@ class CheckpointConfig:
         return self
 
 
+AUTO = -1.0  # a Ray resource figure the builder picks from the device and the cluster
+
+
+@dataclasses.dataclass
+class RayConfig:
+    """How the training actors are placed on Ray: resources, restarts, namespace (the actor builder reads these)."""
+
+    namespace: str = "perkunas"
+    max_restarts: int = 0  # 0: an actor death ends the run with an error naming the checkpoint to resume from
+    compute_num_cpus: float = AUTO  # -1: 1 on CPU, 0 beside a GPU
+    compute_num_gpus: float = AUTO  # -1: 1 when training on CUDA (train.device cuda, or auto on a GPU cluster)
+    compute_threads: int = 0  # torch threads of the compute actor (0: all the node's cores)
+
+    def validate(self, prefix: str = "ray") -> RayConfig:
+        check(bool(self.namespace), f"{prefix}.namespace", "a non-empty name", self.namespace)
+        check(self.max_restarts >= 0, f"{prefix}.max_restarts", ">= 0", self.max_restarts)
+        for name in ("compute_num_cpus", "compute_num_gpus"):
+            value = getattr(self, name)
+            check(value == AUTO or value >= 0, f"{prefix}.{name}", ">= 0, or -1 for automatic", value)
+        check(self.compute_threads >= 0, f"{prefix}.compute_threads", ">= 0 (0: all cores)", self.compute_threads)
+        return self
+
+
+# The root config's sections, in the order config files and flags list them.
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "stream": StreamConfig,
+                             "checkpoint": CheckpointConfig, "ray": RayConfig}
+
+
 @dataclasses.dataclass
 class RunConfig:
     """The root config of a training run."""
@@ -279,20 +308,17 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def validate(self) -> RunConfig:
-        self.model.validate()
-        self.train.validate()
-        self.stream.validate()
-        self.checkpoint.validate()
+        for name in SECTIONS:
+            getattr(self, name).validate()
         return self
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> RunConfig:
-        sections = {"model": ModelConfig, "train": TrainConfig, "stream": StreamConfig,
-                    "checkpoint": CheckpointConfig}
-        unknown = sorted(set(data) - set(sections))
+        unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"config has unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
-        parts = {name: from_dict(kind, data.get(name) or {}, name) for name, kind in sections.items()}
+            raise ConfigError(f"config has unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        parts = {name: from_dict(kind, data.get(name) or {}, name) for name, kind in SECTIONS.items()}
         return cls(**parts)

@@ -1,4 +1,4 @@
-"""What every trainer does before its first step: open the data, check it against the config, seed the run dir."""
+"""What every trainer does before its first step: find and open the data, check it against the config, seed the run dir."""
 
 from __future__ import annotations
 
@@ -10,8 +10,19 @@ from pathlib import Path
 
 from perkunas_ray.checkpoint.format import save_run_config
 from perkunas_ray.config import RunConfig
-from perkunas_ray.data import PackedTokenDataset
+from perkunas_ray.data import PackedTokenDataset, prepare_corpus
 from perkunas_ray.errors import ConfigError
+
+DEFAULT_RUNS = Path("runs")  # where the main job puts its run dirs and the prepared bundled corpus
+
+
+def bundled_data_dir(cfg: RunConfig, root: Path = DEFAULT_RUNS) -> Path:
+    """The bundled corpus prepared for this model's context (reused once prepared)."""
+    out = root / "data" / f"bundled-seq{cfg.model.max_seq_len}"
+    if not (out / "manifest.json").is_file():
+        print(f"preparing the bundled corpus in {out} ...", flush=True)
+        prepare_corpus(out, seq_len=cfg.model.max_seq_len, show_progress=False, overwrite=True)
+    return out
 
 
 def open_datasets(cfg: RunConfig) -> tuple[PackedTokenDataset, PackedTokenDataset | None]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.run_setup import bundled_data_dir
+from perkunas_ray.stream.build import BackendFactory, local_backend, open_run
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -52,6 +54,7 @@ def bench_config(args: argparse.Namespace, data_dir: str, run_dir: Path) -> RunC
     cfg.model = ModelConfig(vocab_size=vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
                             n_kv_heads=2, d_ff=args.d_ff, max_seq_len=seq_len, tie_embeddings=True).validate()
     cfg.stream.trace_storage = args.trace_storage or ("cpu" if args.in_process else "object-store")
+    cfg.ray.compute_threads = args.compute_threads
     t = cfg.train
     t.data_dir, t.device, t.optimizer = data_dir, args.device, args.optimizer
     t.micro_batch_size, t.gradient_accumulation_steps = args.micro_batch_size, args.gradient_accumulation_steps
@@ -102,35 +105,20 @@ class StreamRunner:
     """The streaming runtime's loop, stepped from outside; each step's time includes waiting for its updates."""
 
     def __init__(self, cfg: RunConfig, args: argparse.Namespace) -> None:
-        from perkunas_ray.device import resolve_device
-        from perkunas_ray.run_setup import open_datasets
-        from perkunas_ray.stream.loop import TrainLoop
-        from perkunas_ray.stream.session import init_run, latest_state, resolve_paths
-
-        paths = resolve_paths(cfg)
-        train, _ = open_datasets(cfg)
-        init_run(cfg, paths, train)
-        ckpt, state = latest_state(paths)
+        run = open_run(cfg, init=True, name=f"bench-{abs(hash(cfg.checkpoint.run_dir)) % 10**6}")
         self.ray_started = False
-        if args.in_process:
-            from perkunas_ray.stream.local import LocalBackend
-            from perkunas_ray.stream.store import ShardStore
-
-            backend: Any = LocalBackend(cfg, ShardStore.from_checkpoint(cfg, ckpt), resolve_device(cfg.train.device),
-                                        paths.active)
-        else:
+        make_backend: BackendFactory = local_backend
+        if not args.in_process:
             import ray
 
-            from actors.driver import RayBackend, build_actors
+            from actors.driver import ray_backend
 
             if not ray.is_initialized():
-                ray.init(address="local", include_dashboard=False, namespace="perkunas")
+                ray.init(address="local", include_dashboard=False, namespace=cfg.ray.namespace)
                 self.ray_started = True
-            name = f"bench-{abs(hash(paths.durable)) % 10**6}"
-            actors = build_actors(cfg, paths, ckpt, name, args.compute_threads)
-            backend = RayBackend(cfg, actors, paths, resume_step=0, run_name=name)
-        self.backend = backend
-        self.loop = TrainLoop(cfg, backend, train, None, paths.log_dir, state, verbose=False)
+            make_backend = ray_backend
+        self.backend = make_backend(run)
+        self.loop = run.loop(self.backend, verbose=False)
 
     def step(self) -> dict[str, Any]:
         start = time.perf_counter()
@@ -152,8 +140,6 @@ def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perkunas_ray.train import bundled_data_dir
-
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="perkunas-bench-"))
     probe = bench_config(args, args.data_dir, work / "stream")
     data_dir = args.data_dir or str(bundled_data_dir(probe))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perkunas_ray.cli.run_flags import add_config_flags, config_from_args
 from perkunas_ray.errors import ConfigError
+from perkunas_ray.run_flags import add_config_flags, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,8 +4,6 @@ clipping, autocast, activation checkpointing, validation, JSONL log, checkpoints
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -27,10 +25,12 @@ from perkunas_ray.checkpoint.format import (
 )
 from perkunas_ray.config import RunConfig
 from perkunas_ray.data import BatchCursor, PackedTokenDataset, iter_eval_batches
-from perkunas_ray.device import resolve_device, torch_dtype
+from perkunas_ray.device import resolve_device
 from perkunas_ray.model.decoder import DecoderLM, build_model
 from perkunas_ray.model.shards import shard_parameter_shapes, stream_shard_specs
 from perkunas_ray.run_setup import check_run_dir_matches, open_datasets, rss_bytes, seed_run_dir
+from perkunas_ray.stream.batch import autocast_context, split_batch
+from perkunas_ray.stream.interface import TrainResult
 from perkunas_ray.stream.optimizers import (
     build_optimizer,
     load_optimizer_state,
@@ -39,27 +39,6 @@ from perkunas_ray.stream.optimizers import (
 )
 from perkunas_ray.stream.schedules import lr_at
 from perkunas_ray.telemetry.schema import TRAIN_LOG, TRAINER_STATE, JsonlLog, truncate_log_after
-
-
-@dataclasses.dataclass
-class TrainResult:
-    step: int
-    tokens_seen: int
-    losses: list[float]
-    val_losses: list[tuple[int, float]]
-    run_dir: Path
-
-
-def split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T+1) token block -> inputs (B, T), targets (B, T)."""
-    tokens = torch.as_tensor(batch, dtype=torch.long, device=device)
-    return tokens[:, :-1], tokens[:, 1:]
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch_dtype(dtype))
 
 
 @torch.no_grad()

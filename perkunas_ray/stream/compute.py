@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +20,14 @@ from torch.func import functional_call
 from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes, stream_shard_specs
-from perkunas_ray.reference.trainer import autocast_context, split_batch
 from perkunas_ray.run_setup import rss_bytes
+from perkunas_ray.stream.batch import autocast_context, split_batch
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
 from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
 
-GradSink = Callable[[str, dict[str, torch.Tensor], list[float]], Any]
+GradSink = Callable[[str, dict[str, torch.Tensor], list[float]], None]  # (shard, its gradients, their norms)
 
 
 class StreamCompute:
@@ -201,9 +200,7 @@ class StreamCompute:
             norms = [float(torch.linalg.vector_norm(g, 2.0)) for g in grads.values()]
             stats.param_norms[spec.name] = norms
             stats.finite = stats.finite and all(np.isfinite(norms))
-            handle = grad_sink(spec.name, grads, norms)
-            if plan.immediate:
-                stats.new_versions[spec.name] = handle
+            grad_sink(spec.name, grads, norms)
             del grads, leaves
             self.tracker.sub("grads", grad_bytes)
             if index > 0:

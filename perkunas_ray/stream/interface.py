@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 
-@dataclasses.dataclass
-class ShardRef:
-    """One version of one shard: `handle` is whatever the backend uses to fetch it (an ObjectRef on Ray)."""
-
-    name: str
-    version: int
-    handle: Any = None
+class ActorFailure(RuntimeError):
+    """An actor of a Ray backend died or failed; the message says which and where to resume from."""
 
 
 @dataclasses.dataclass
@@ -44,7 +40,17 @@ class StepStats:
     prefetch_hits: int = 0
     prefetch_misses: int = 0
     num_tokens: int = 0
-    new_versions: dict[str, Any] = dataclasses.field(default_factory=dict)  # immediate updates: shard -> handle
+
+
+@dataclasses.dataclass
+class PendingUpdates:
+    """Shard updates a backend has started and may not have finished; `update_stats` waits for them.
+
+    waits: what to wait on before the store's figures are final (on Ray: the ObjectRefs of the store's
+    stats that each shard's update returns; in-process: nothing, the updates ran inline).
+    """
+
+    waits: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -55,4 +61,14 @@ class StoreStats:
     write_s: float = 0.0
     update_s: float = 0.0
     num_writes: int = 0
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished training call reports (both trainers)."""
+
+    step: int
+    tokens_seen: int
+    losses: list[float]
+    val_losses: list[tuple[int, float]]
+    run_dir: Path

@@ -12,11 +12,13 @@ from perkunas_ray.checkpoint.flush import CheckpointFlusher
 from perkunas_ray.checkpoint.format import CHECKPOINTS, checkpoint_dir_name, decode_rng, encode_rng
 from perkunas_ray.config import RunConfig
 from perkunas_ray.stream.compute import StreamCompute
-from perkunas_ray.stream.interface import StepStats, StoreStats, UpdatePlan
+from perkunas_ray.stream.interface import PendingUpdates, StepStats, StoreStats, UpdatePlan
 from perkunas_ray.stream.store import ShardStore
 
 
 class LocalBackend:
+    """Updates run inline, so nothing is ever pending; without a flusher nothing reaches the durable dir."""
+
     def __init__(self, cfg: RunConfig, store: ShardStore, device: torch.device, active_dir: Path,
                  flusher: CheckpointFlusher | None = None) -> None:
         self.cfg, self.store, self.device = cfg, store, device
@@ -27,21 +29,20 @@ class LocalBackend:
     def _loader(self, name: str) -> dict[str, torch.Tensor]:
         return self.store.shard_tensors(name)
 
-    def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> StepStats:
-        def sink(name: str, grads: dict[str, torch.Tensor], norms: list[float]) -> Any:
+    def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> tuple[StepStats, PendingUpdates]:
+        def sink(name: str, grads: dict[str, torch.Tensor], norms: list[float]) -> None:
             self.store.put_grads(name, {k: g.to("cpu") for k, g in grads.items()})
             if plan.immediate:
-                return self.store.update(name, plan.lr, None, 1.0, snapshot=snapshot)
-            return None
+                self.store.update(name, plan.lr, None, 1.0, snapshot=snapshot)
 
-        return self.compute.train_step(batch, self._loader, sink, plan)
+        return self.compute.train_step(batch, self._loader, sink, plan), PendingUpdates()
 
-    def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> Any:
+    def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> PendingUpdates:
         for name in self.store.names:
             self.store.update(name, lr, clip_coef, grad_scale, snapshot=snapshot)
-        return True
+        return PendingUpdates()
 
-    def update_stats(self, token: Any) -> StoreStats:
+    def update_stats(self, pending: PendingUpdates) -> StoreStats:
         return self.store.stats()
 
     def eval_losses(self, batches: np.ndarray) -> list[float]:

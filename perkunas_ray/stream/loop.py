@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,10 +17,9 @@ from perkunas_ray.checkpoint.format import write_json_atomic
 from perkunas_ray.config import RunConfig
 from perkunas_ray.data import BatchCursor, PackedTokenDataset, iter_eval_batches
 from perkunas_ray.model.shards import stream_shard_specs
-from perkunas_ray.reference.trainer import TrainResult
 from perkunas_ray.stream.clipping import clip_coefficient, reported_clip_scale, total_norm
 from perkunas_ray.stream.guard import GuardOutcome, GuardPolicy
-from perkunas_ray.stream.interface import StepStats, StoreStats, UpdatePlan
+from perkunas_ray.stream.interface import PendingUpdates, StepStats, StoreStats, TrainResult, UpdatePlan
 from perkunas_ray.stream.loss_scale import LossScaler
 from perkunas_ray.stream.schedules import lr_at
 from perkunas_ray.telemetry.schema import STEP_FIELDS, TRAIN_LOG, TRAINER_STATE, JsonlLog, truncate_log_after
@@ -28,11 +28,13 @@ from perkunas_ray.telemetry.schema import STEP_FIELDS, TRAIN_LOG, TRAINER_STATE,
 class Backend(Protocol):
     """What the loop needs from the runtime; versions of shards stay inside the backend."""
 
-    def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> StepStats: ...
+    def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> tuple[StepStats, PendingUpdates]:
+        """One streamed step; with plan.immediate its shard updates have started too (the PendingUpdates)."""
 
-    def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> Any: ...
+    def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> PendingUpdates: ...
 
-    def update_stats(self, token: Any) -> StoreStats: ...
+    def update_stats(self, pending: PendingUpdates) -> StoreStats:
+        """The store's figures once `pending` is done."""
 
     def eval_losses(self, batches: np.ndarray) -> list[float]: ...
 
@@ -52,6 +54,21 @@ class Backend(Protocol):
 
     def emit(self, record: dict[str, Any], event: str = "step") -> None: ...
 
+    def close(self) -> None: ...
+
+
+def mean_eval_loss(eval_losses: Callable[[np.ndarray], list[float]], data: PackedTokenDataset,
+                   cfg: RunConfig, max_batches: int | None) -> tuple[float, int]:
+    """(mean loss, number of batches) over the first `max_batches` eval batches (None: all), a step's
+    worth of micro-batches per call; NaN when there are none."""
+    t = cfg.train
+    batches = list(iter_eval_batches(data, t.micro_batch_size, max_batches))
+    group = max(1, t.gradient_accumulation_steps)
+    losses: list[float] = []
+    for i in range(0, len(batches), group):
+        losses += eval_losses(np.stack(batches[i:i + group]))
+    return (float(np.mean(losses)) if losses else float("nan")), len(batches)
+
 
 class TrainLoop:
     def __init__(self, cfg: RunConfig, backend: Backend, train_data: PackedTokenDataset,
@@ -70,7 +87,7 @@ class TrainLoop:
         self.log_dir = Path(log_dir)
         truncate_log_after(self.log_dir / TRAIN_LOG, self.step)
         self.log = JsonlLog(self.log_dir / TRAIN_LOG)
-        self._pending: tuple[dict[str, Any], Any] | None = None
+        self._pending: tuple[dict[str, Any], PendingUpdates] | None = None
         self._last_store = StoreStats()
         self.losses: list[float] = []
         self.val_losses: list[tuple[int, float]] = []
@@ -88,25 +105,25 @@ class TrainLoop:
         lr = lr_at(t, self.step, self.tokens_seen)
         batch = np.stack([self.cursor.next_batch() for _ in range(t.gradient_accumulation_steps)])
         plan = UpdatePlan(lr, self._immediate(), t.grad_clip_mode, t.max_grad_norm, self.scaler.scale)
-        stats = self.backend.train_step(batch, plan, snapshot=self.guard is not None)
+        stats, pending = self.backend.train_step(batch, plan, snapshot=self.guard is not None)
         self._finish_pending()  # the previous step's updates are done: this step's forward read them
         norms = [n for name in self.shard_names for n in stats.param_norms.get(name, [])]
         grad_norm = total_norm(norms)
         guard = GuardOutcome(True, 0, 1.0, 1.0, stats.loss)
-        token: Any = stats.new_versions
+        log_now = False  # the updates are finished (guard) or skipped (fp16 overflow): log the record at once
         if not stats.finite and self.scaler.enabled:
             self.backend.commit()  # fp16 overflow: skip the update, as GradScaler does
             self.scaler.update(found_inf=True)
-            token = None
+            log_now = True
         else:
             coef = clip_coefficient(grad_norm, t.max_grad_norm) \
                 if t.grad_clip_mode == "global" and t.max_grad_norm > 0 else None
             if not plan.immediate:
                 lr_scale, grad_scale = self.guard.scales(0) if self.guard else (1.0, 1.0)
-                token = self.backend.update_all(lr * lr_scale, coef, grad_scale, snapshot=self.guard is not None)
+                pending = self.backend.update_all(lr * lr_scale, coef, grad_scale, snapshot=self.guard is not None)
             if self.guard is not None:
                 guard = self._guarded(batch, stats.loss, lr, coef)
-                token = None
+                log_now = True
             self.scaler.update(found_inf=False)
         self.step += 1
         self.tokens_seen += stats.num_tokens
@@ -123,8 +140,8 @@ class TrainLoop:
             "prefetch_misses": stats.prefetch_misses, "loss_scale": self.scaler.scale,
         }
         self.losses.append(stats.loss)
-        self._pending = (record, token)
-        if token is None:
+        self._pending = (record, pending)
+        if log_now:
             self._finish_pending()
         return record
 
@@ -156,9 +173,9 @@ class TrainLoop:
         """Complete the pending step record with the store's figures once its updates are done; log it."""
         if self._pending is None:
             return
-        record, token = self._pending
+        record, pending = self._pending
         self._pending = None
-        store = self.backend.update_stats(token)
+        store = self.backend.update_stats(pending)
         record["update_s"] += max(0.0, store.update_s - self._last_store.update_s)
         record["write_s"] = max(0.0, store.write_s - self._last_store.write_s)
         record["pending_writes"] = store.pending_writes
@@ -181,16 +198,12 @@ class TrainLoop:
         t = self.cfg.train
         if self.val_data is None or t.max_validation_batches == 0:
             return None
-        batches = list(iter_eval_batches(self.val_data, t.micro_batch_size, t.max_validation_batches))
-        if not batches:
+        val_loss, num_batches = mean_eval_loss(self.backend.eval_losses, self.val_data, self.cfg,
+                                               t.max_validation_batches)
+        if not num_batches:
             return None
-        group = max(1, t.gradient_accumulation_steps)
-        losses: list[float] = []
-        for i in range(0, len(batches), group):
-            losses += self.backend.eval_losses(np.stack(batches[i:i + group]))
-        val_loss = float(np.mean(losses))
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
-                  "val_ppl": math.exp(min(val_loss, 50.0)), "val_batches": len(batches)}
+                  "val_ppl": math.exp(min(val_loss, 50.0)), "val_batches": num_batches}
         self.log.write("validation", **record)
         self.backend.emit(record, event="validation")
         self.val_losses.append((self.step, val_loss))

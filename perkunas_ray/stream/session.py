@@ -41,10 +41,6 @@ class RunPaths:
     log_dir: Path
 
     @property
-    def durable_is_local(self) -> bool:
-        return not is_uri(self.durable) or self.durable.startswith("file://")
-
-    @property
     def mirrored_files(self) -> tuple[str, ...]:
         """Files written in the active dir that each flush copies to the durable dir (remote durable only)."""
         return () if self.log_dir != self.active else RUN_FILES
@@ -97,15 +93,24 @@ def init_run(cfg: RunConfig, paths: RunPaths, train: PackedTokenDataset) -> Path
     return ckpt
 
 
-def run_config_of(paths: RunPaths) -> RunConfig:
-    """The config a run dir was initialised with (its config.json)."""
-    durable = DurableDir(paths.durable)
+def recorded_config(run_dir: str) -> RunConfig:
+    """The config run dir `run_dir` (a path or URI) records in its config.json."""
+    durable = DurableDir(run_dir)
     if not durable.exists():
-        raise CheckpointError(f"run dir {paths.durable} does not exist; create it with --init-shards")
-    if durable.local_path is None:
-        durable.download_file("config.json", paths.active / "config.json")
-        return load_run_config(paths.active)
-    return load_run_config(durable.local_path)
+        raise CheckpointError(f"run dir {run_dir} does not exist; create it first with --init-shards")
+    if not durable.is_file("config.json"):
+        raise CheckpointError(f"run dir {run_dir} has no config.json; is it a training run directory? "
+                              f"(create one with --init-shards)")
+    if durable.local_path is not None:
+        return load_run_config(durable.local_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        durable.download_file("config.json", Path(tmp) / "config.json")
+        return load_run_config(Path(tmp))
+
+
+def has_checkpoints(run_dir: str) -> bool:
+    durable = DurableDir(run_dir)
+    return durable.exists() and bool(durable.list_checkpoints())
 
 
 def latest_state(paths: RunPaths) -> tuple[Path, dict[str, Any]]:

@@ -75,11 +75,6 @@ class ShardStore:
         self.update_s = 0.0
 
     @classmethod
-    def from_seed(cls, cfg: RunConfig) -> ShardStore:
-        names = [s.name for s in stream_shard_specs(cfg.model)]
-        return cls(cfg, {n: init_shard(cfg, n, cfg.train.seed) for n in names})
-
-    @classmethod
     def from_checkpoint(cls, cfg: RunConfig, ckpt_dir: Path) -> ShardStore:
         names = [s.name for s in stream_shard_specs(cfg.model)]
         shards = {n: load_shard(ckpt_dir, n, "shards") for n in names}

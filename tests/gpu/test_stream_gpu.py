@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from perkunas_ray.model.decoder import count_parameters
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_in_process
+from tests.stream_helpers import small_config, small_data_dir, train_in_process
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -35,7 +35,7 @@ def test_cuda_streaming_steps_stay_within_budget(tmp_path, dtype):
     if dtype == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     cfg, state = gpu_config(tmp_path, dtype, f"run-{dtype}")
-    result = train_in_process(cfg, device="cuda")
+    result = train_in_process(cfg)
     assert result.step == 4
     assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses), result.losses
     records = step_records(tmp_path / f"run-{dtype}")
@@ -48,7 +48,7 @@ def test_cuda_streaming_steps_stay_within_budget(tmp_path, dtype):
 def test_cuda_streaming_on_ray_actors(tmp_path):
     import ray
 
-    from perkunas_ray.stream.testing import train_with_ray
+    from tests.stream_helpers import train_with_ray
 
     cfg, _ = gpu_config(tmp_path, "fp32", "run-ray")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="perkunas")

@@ -9,7 +9,7 @@ import ray
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.reference import ReferenceTrainer
-from perkunas_ray.stream.testing import max_relative_difference, small_config, small_data_dir, train_with_ray
+from tests.stream_helpers import max_relative_difference, small_config, small_data_dir, train_with_ray
 
 pytestmark = pytest.mark.ray
 

@@ -17,8 +17,8 @@ import pytest
 
 from perkunas_ray.checkpoint.format import list_checkpoints, verify_checkpoint
 from perkunas_ray.config import to_dict
-from perkunas_ray.stream.testing import small_config, small_data_dir
 from tests.ray.process_tree import kill_tree
+from tests.stream_helpers import small_config, small_data_dir
 
 pytestmark = pytest.mark.ray
 

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from perkunas_ray.model.decoder import count_parameters
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_with_ray
+from tests.stream_helpers import small_config, small_data_dir, train_with_ray
 
 pytestmark = pytest.mark.ray
 

@@ -14,8 +14,8 @@ import pytest
 from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state, read_state
 from perkunas_ray.config import to_dict
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_in_process
 from tests.ray.process_tree import kill_tree
+from tests.stream_helpers import small_config, small_data_dir, train_in_process
 
 pytestmark = pytest.mark.ray
 

@@ -12,7 +12,7 @@ import ray
 from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.format import latest_checkpoint, verify_checkpoint
 from perkunas_ray.stream.session import resolve_paths
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_with_ray
+from tests.stream_helpers import small_config, small_data_dir, train_with_ray
 
 pytestmark = pytest.mark.ray
 

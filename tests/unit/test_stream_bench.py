@@ -7,7 +7,7 @@ import json
 import pytest
 
 from perkunas_ray.cli import main
-from perkunas_ray.stream.testing import small_data_dir
+from tests.stream_helpers import small_data_dir
 
 pytestmark = pytest.mark.unit
 

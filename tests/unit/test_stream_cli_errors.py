@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from perkunas_ray.stream.testing import small_data_dir
 from perkunas_ray.train import main
+from tests.stream_helpers import small_data_dir
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import pytest
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.reference import ReferenceTrainer
-from perkunas_ray.stream.testing import (
+from tests.stream_helpers import (
     max_relative_difference,
     small_config,
     small_data_dir,

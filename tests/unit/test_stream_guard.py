@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, list_checkpoints, load_model_state
-from perkunas_ray.stream.testing import small_config, small_data_dir, train_in_process
+from tests.stream_helpers import small_config, small_data_dir, train_in_process
 
 pytestmark = pytest.mark.unit
 

@@ -1,8 +1,8 @@
-"""Command-line flags for every train/stream/checkpoint/model config field (seed 000's flag names).
+"""Command-line flags for every config field (seed 000's flag names), and applying the ones a user gave.
 
 Flags are generated from the config dataclasses, so a new config field gets its flag for free:
 `train.micro_batch_size` -> `--micro-batch-size`, booleans get `--x/--no-x`, tuples take "1.0,0.5".
-Only flags the user gave override the config file or profile.
+Only flags the user gave override the config file, profile or run dir's config.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import argparse
 import dataclasses
 from typing import Any
 
-from perkunas_ray.config import CheckpointConfig, ModelConfig, RunConfig, StreamConfig, TrainConfig
+from perkunas_ray.config import SECTIONS, RunConfig
 from perkunas_ray.errors import ConfigError
+from perkunas_ray.model.presets import load_preset
 from perkunas_ray.profiles import load_run_config_file, profile_names
 
-SECTIONS: dict[str, type] = {"train": TrainConfig, "stream": StreamConfig, "checkpoint": CheckpointConfig,
-                             "model": ModelConfig}
 # Seed 000 spells devices "gpu"; our configs say "device".
 ALIASES = {"gpu": "device", "secondary-gpu": "secondary-device", "cuda": "device"}
 ALIASED_FIELDS = {("stream", "trace_storage"), ("stream", "prefetch_shards")}
@@ -58,15 +57,15 @@ def config_from_args(args: argparse.Namespace, default_profile: str | None = "ti
     source = args.config or default_profile
     if source is None:
         raise ConfigError("give --config FILE (or a profile name)")
-    cfg = load_run_config_file(source)
-    if args.model_preset:
-        from perkunas_ray.model.presets import load_preset
+    return apply_flags(load_run_config_file(source), args)
 
+
+def apply_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """`cfg` with --model-preset and every config flag the user gave applied, validated."""
+    if args.model_preset:
         cfg.model = load_preset(args.model_preset)
-    for key, value in vars(args).items():
-        if not key.startswith("cfg__") or value is _UNSET:
-            continue
-        _, section, name = key.split("__")
+    for key, value in flag_overrides(args).items():
+        section, name = key.split(".")
         if (section, name) in ALIASED_FIELDS:
             value = ALIASES.get(value, value)
         setattr(getattr(cfg, section), name, value)
@@ -74,5 +73,5 @@ def config_from_args(args: argparse.Namespace, default_profile: str | None = "ti
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The section.field -> value pairs the user set on the command line (for logging)."""
+    """The section.field -> value pairs the user set on the command line."""
     return {k[5:].replace("__", "."): v for k, v in vars(args).items() if k.startswith("cfg__") and v is not _UNSET}

@@ -1,4 +1,4 @@
-"""Small data dirs, configs and one-call runs of the streaming runtime, for tests and benchmarks."""
+"""Small data dirs, configs and one-call runs of the streaming runtime, for the tests."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ from typing import Any
 
 import torch
 
-from perkunas_ray.checkpoint.flush import CheckpointFlusher
+from actors.driver import ray_backend
 from perkunas_ray.config import ModelConfig, RunConfig
 from perkunas_ray.data import bundled_corpus_path, prepare_corpus
-from perkunas_ray.reference.trainer import TrainResult
-from perkunas_ray.run_setup import open_datasets
-from perkunas_ray.stream.local import LocalBackend
-from perkunas_ray.stream.loop import TrainLoop
-from perkunas_ray.stream.session import init_run, latest_state, resolve_paths
-from perkunas_ray.stream.store import ShardStore
+from perkunas_ray.stream.build import TrainRun, local_backend, open_run, train
+from perkunas_ray.stream.interface import TrainResult
+from perkunas_ray.stream.session import has_checkpoints
 
 
 def small_data_dir(out_dir: Path, num_chars: int = 150_000, vocab_size: int = 300, seq_len: int = 32) -> Path:
@@ -51,37 +48,20 @@ def small_config(data_dir: Path, run_dir: Path, **train: Any) -> RunConfig:
     return cfg.validate()
 
 
-def _open_or_init(cfg: RunConfig) -> tuple[Any, Any, Any, Path, dict[str, Any]]:
-    """(paths, train data, val data, newest checkpoint dir, its state), initialising the run if it has none."""
-    paths = resolve_paths(cfg)
-    train, val = open_datasets(cfg)
-    try:
-        latest_state(paths)
-    except Exception:
-        init_run(cfg, paths, train)
-    ckpt, state = latest_state(paths)
-    return paths, train, val, ckpt, state
+def open_or_init(cfg: RunConfig) -> TrainRun:
+    """The run of `cfg`, initialised first if its run dir holds no checkpoint."""
+    return open_run(cfg, init=not has_checkpoints(cfg.checkpoint.run_dir),
+                    name=f"{Path(cfg.checkpoint.run_dir).name}-{abs(hash(cfg.checkpoint.run_dir)) % 10**6}")
 
 
-def train_in_process(cfg: RunConfig, device: str = "cpu", verbose: bool = False) -> TrainResult:
+def train_in_process(cfg: RunConfig, verbose: bool = False) -> TrainResult:
     """Init (if needed) and train a run with the in-process backend."""
-    paths, train, val, ckpt, state = _open_or_init(cfg)
-    store = ShardStore.from_checkpoint(cfg, ckpt)
-    flusher = CheckpointFlusher(paths.durable, paths.active, cfg.checkpoint.keep_last_checkpoints)
-    backend = LocalBackend(cfg, store, torch.device(device), paths.active, flusher)
-    try:
-        return TrainLoop(cfg, backend, train, val, paths.log_dir, state, verbose=verbose).run()
-    finally:
-        backend.close()
+    return train(open_or_init(cfg), local_backend, verbose)
 
 
-def train_with_ray(cfg: RunConfig, verbose: bool = False, compute_threads: int = 0) -> TrainResult:
+def train_with_ray(cfg: RunConfig, verbose: bool = False) -> TrainResult:
     """Init (if needed) and train a run on the actors, in an already initialised Ray."""
-    from actors.driver import run_training
-
-    paths, train, val, ckpt, state = _open_or_init(cfg)
-    name = f"{Path(paths.durable).name}-{abs(hash(paths.durable)) % 10**6}"
-    return run_training(cfg, paths, train, val, ckpt, state, name, verbose=verbose, compute_threads=compute_threads)
+    return train(open_or_init(cfg), ray_backend, verbose)
 
 
 def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
