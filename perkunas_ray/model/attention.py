@@ -50,7 +50,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float, q_offset: int = 0,
               dropout: float = 0.0) -> torch.Tensor:
-    """Causal attention of q (B, H, Tq, hd) over k/v (B, H_kv, Tk, hd); query i sits at position q_offset + i."""
+    """Causal attention of q (B, H, Tq, hd) over k/v (B, H_kv, Tk, hd); query i at position q_offset + i."""
     tq, tk = q.shape[2], k.shape[2]
     if softcap <= 0 and q_offset == 0 and tq == tk:  # training's case: SDPA's own causal kernel
         k, v = _repeat_kv(q, k, v)

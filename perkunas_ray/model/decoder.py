@@ -58,7 +58,8 @@ class DecoderLM(nn.Module):
         if self.lm_head is not None or self.has_embed:
             return self.head_weight
         if tied_weight is None:
-            raise ValueError("tied embeddings: the head shard needs the embedding weight passed as tied_weight")
+            raise ValueError("tied embeddings: the head shard needs the embedding weight "
+                             "passed as tied_weight")
         return tied_weight
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,8 @@ class DecoderLM(nn.Module):
                    attn: AttentionBackend = CAUSAL_ATTENTION, recompute: bool = False) -> torch.Tensor:
         """hidden (B, T, D) at positions (B, T), default 0..T-1 -> hidden (B, T, D) through the blocks held.
 
-        recompute: activation checkpointing per block, for training (where the backend is the stateless default).
+        recompute: activation checkpointing per block, for training; only with the stateless default backend,
+        since replaying a block in backward would write a cache twice.
         """
         b, t, _ = hidden.shape
         if positions is None:
@@ -103,11 +105,12 @@ class DecoderLM(nn.Module):
         return self.model.norm(self.run_layers(self.embed(input_ids), positions, attn))
 
     def logits(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Full logits (B, T, V): for generation and tests, never for training. With a cache, positions continue it."""
+        """Full logits (B, T, V) for generation and tests, not training; with a cache, positions follow it."""
         b, t = input_ids.shape
         start = 0 if cache is None else cache.length
         positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
-        return self.hidden_states(input_ids, positions, CAUSAL_ATTENTION if cache is None else cache) @ self.head_weight.t()
+        h = self.hidden_states(input_ids, positions, CAUSAL_ATTENTION if cache is None else cache)
+        return h @ self.head_weight.t()
 
     @torch.no_grad()
     def generate_greedy(self, input_ids: torch.Tensor, max_new_tokens: int,
