@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
-from perkunas_ray.checkpoint.format import CHECKPOINTS, MANIFEST, checkpoint_dir_name
+from perkunas_ray.checkpoint.atomic import TMP_SUFFIX, replacing
+from perkunas_ray.checkpoint.format import (
+    CHECKPOINTS,
+    MANIFEST,
+    checkpoint_dir_name,
+    is_complete_manifest,
+    step_of,
+)
+from perkunas_ray.checkpoint.prune import steps_to_prune
 from perkunas_ray.errors import CheckpointError
 
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
 _CHUNK = 1 << 22
 
 
@@ -20,7 +30,11 @@ def is_uri(location: str) -> bool:
 
 
 class DurableDir:
-    """Files under one root on one pyarrow filesystem; checkpoints become visible when their manifest lands."""
+    """Files under one root on one pyarrow filesystem; checkpoints become visible when their manifest lands.
+
+    Every file is written under a temp name and moved into place (fsynced first on a local disk), so a
+    crash never leaves a half-written file, and above all never a half-written manifest, under its name.
+    """
 
     def __init__(self, location: str | Path) -> None:
         self.location = str(location)
@@ -48,42 +62,75 @@ class DurableDir:
         with self.fs.open_input_stream(self._path(rel)) as f:
             return f.read()
 
+    def list_dir(self, rel: str, recursive: bool = False) -> list[tuple[str, pafs.FileInfo]]:
+        """(path relative to the root, info) of the entries under `rel`; none when it does not exist."""
+        selector = pafs.FileSelector(self._path(rel), allow_not_found=True, recursive=recursive)
+        return [(info.path[len(self.root) + 1:], info) for info in self.fs.get_file_info(selector)]
+
+    def delete_file(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self._path(rel))
+
+    def delete_dir(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_dir(self._path(rel))
+
+    def write(self, rel: str, fill: Callable[[BinaryIO], object]) -> None:
+        """Let `fill` write `rel` under a temp name, then move it into place; on error no temp file stays."""
+        self.fs.create_dir(self._path(rel.rsplit("/", 1)[0] if "/" in rel else ""), recursive=True)
+        if self.local_path is not None:
+            with replacing(self.local_path / rel) as tmp, open(tmp, "wb") as dst:
+                fill(dst)
+            return
+        tmp = rel + TMP_SUFFIX
+        try:
+            with self.fs.open_output_stream(self._path(tmp)) as dst:
+                fill(dst)
+            self.fs.move(self._path(tmp), self._path(rel))
+        except BaseException:
+            self.delete_file(tmp)
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.write(rel, lambda dst: dst.write(data))
+
     def upload_file(self, local: Path, rel: str) -> None:
-        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-        if parent:
-            self.fs.create_dir(self._path(parent), recursive=True)
-        with open(local, "rb") as src, self.fs.open_output_stream(self._path(rel)) as dst:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
+        with open(local, "rb") as src:
+            self.write(rel, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
 
     def download_file(self, rel: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".tmp")
-        with self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as dst:
+        with replacing(local) as tmp, self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as dst:
             while chunk := src.read(_CHUNK):
                 dst.write(chunk)
-        tmp.replace(local)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def list_checkpoints(self) -> list[int]:
-        """Steps of the complete checkpoints (manifest present), oldest first."""
-        selector = pafs.FileSelector(self._path(CHECKPOINTS), allow_not_found=True)
+        """Steps of the complete checkpoints (a manifest that parses), oldest first."""
         steps = []
-        for info in self.fs.get_file_info(selector):
-            m = _STEP_DIR.match(info.base_name)
-            if m and info.type == pafs.FileType.Directory and self.is_file(f"{CHECKPOINTS}/{info.base_name}/{MANIFEST}"):
-                steps.append(int(m.group(1)))
+        for _, info in self.list_dir(CHECKPOINTS):
+            step = step_of(info.base_name)
+            manifest = f"{CHECKPOINTS}/{info.base_name}/{MANIFEST}"
+            if step is not None and info.type == pafs.FileType.Directory and self.is_file(manifest) \
+                    and is_complete_manifest(self.read_bytes(manifest)):
+                steps.append(step)
         return sorted(steps)
 
     def upload_checkpoint(self, local_ckpt: Path, step: int) -> None:
-        """Copy an active checkpoint file by file; its manifest goes last, so readers never see half of it."""
+        """Copy an active checkpoint file by file; its manifest goes last, so readers never see half of it.
+
+        A failed copy (disk full, lost connection) removes what it wrote, leaving no partial step behind.
+        """
         rel_dir = f"{CHECKPOINTS}/{checkpoint_dir_name(step)}"
-        if self.is_file(f"{rel_dir}/{MANIFEST}"):
-            self.fs.delete_file(self._path(f"{rel_dir}/{MANIFEST}"))  # rewriting a step: invisible first
+        self.delete_file(f"{rel_dir}/{MANIFEST}")  # rewriting a step: invisible first
         manifest = json.loads((local_ckpt / MANIFEST).read_text())
-        for rel in manifest["files"]:
-            self.upload_file(local_ckpt / rel, f"{rel_dir}/{rel}")
-        self.upload_file(local_ckpt / MANIFEST, f"{rel_dir}/{MANIFEST}")
+        try:
+            for rel in manifest["files"]:
+                self.upload_file(local_ckpt / rel, f"{rel_dir}/{rel}")
+            self.upload_file(local_ckpt / MANIFEST, f"{rel_dir}/{MANIFEST}")
+        except BaseException:
+            self.delete_dir(rel_dir)
+            raise
 
     def download_checkpoint(self, step: int, local_ckpt: Path) -> None:
         rel_dir = f"{CHECKPOINTS}/{checkpoint_dir_name(step)}"
@@ -93,12 +140,15 @@ class DurableDir:
             self.download_file(f"{rel_dir}/{rel}", local_ckpt / rel)
         self.download_file(f"{rel_dir}/{MANIFEST}", local_ckpt / MANIFEST)
 
-    def prune(self, keep: int) -> list[int]:
+    def prune(self, keep: int, last_flushed_step: int | None = None) -> list[int]:
         """Delete all but the newest `keep` complete checkpoints (manifest first, so each vanishes whole)."""
-        steps = self.list_checkpoints()
-        removed = steps[:-keep] if keep > 0 else []
+        removed = steps_to_prune(self.list_checkpoints(), keep, last_flushed_step)
         for step in removed:
-            rel_dir = f"{CHECKPOINTS}/{checkpoint_dir_name(step)}"
-            self.fs.delete_file(self._path(f"{rel_dir}/{MANIFEST}"))
-            self.fs.delete_dir(self._path(rel_dir))
+            self.delete_checkpoint(step)
         return removed
+
+    def delete_checkpoint(self, step: int) -> None:
+        rel_dir = f"{CHECKPOINTS}/{checkpoint_dir_name(step)}"
+        self.delete_file(f"{rel_dir}/{MANIFEST}")
+        self.delete_dir(rel_dir)
+

@@ -32,7 +32,7 @@ class CheckpointFlusher:
         for name in self.run_files:
             if (self.active_dir / name).is_file():
                 self.durable.upload_file(self.active_dir / name, name)
-        self.durable.prune(self.keep_last)
         self.last_flushed_step = max(self.last_flushed_step, step)
+        self.durable.prune(self.keep_last, self.last_flushed_step)
         self.flush_s += time.perf_counter() - start
         return step

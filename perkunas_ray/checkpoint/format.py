@@ -8,7 +8,9 @@
         state.json                      step, tokens seen, data cursor, RNG, anything else to resume
         manifest.json                   format version + sha256/bytes of every file; written last
 
-A checkpoint without a manifest is incomplete and invisible: readers skip it.
+A checkpoint without a valid manifest is incomplete and invisible: readers skip it. A complete one whose
+files fail their checksums is skipped, with a warning, by `newest_verified`, which every reader of "the
+newest checkpoint" goes through.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import shutil
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.checkpoint.atomic import fsync_dir, replacing, write_json_atomic
+from perkunas_ray.checkpoint.prune import steps_to_prune
+from perkunas_ray.config import SECTIONS, ModelConfig, RunConfig
 from perkunas_ray.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -47,22 +52,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file + rename, so a crash never leaves half a file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint failed verification and an older one is used instead."""
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Safetensors write through a temp file + rename (tensors made contiguous CPU copies first)."""
+    """Safetensors write through a temp file, fsync and rename (tensors made contiguous CPU copies first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -92,10 +90,16 @@ def write_checkpoint(ckpt_dir: Path, shards: dict[str, dict[str, torch.Tensor]],
 
 
 def publish_manifest(ckpt_dir: Path, step: int) -> dict[str, Any]:
-    """Checksum every file of a checkpoint directory and write its manifest, making it visible."""
+    """Checksum every file of a checkpoint directory and write its manifest, making it visible.
+
+    The files were fsynced when written; their directory entries are fsynced here, before the manifest
+    that vouches for them, so a crash cannot leave a manifest naming files the disk never kept.
+    """
     files = {}
     for path in sorted(ckpt_dir.rglob("*")):
-        if path.is_file() and path.name != MANIFEST and not path.name.endswith(".tmp"):
+        if path.is_dir():
+            fsync_dir(path)
+        elif path.is_file() and path.name != MANIFEST and not path.name.endswith(".tmp"):
             rel = path.relative_to(ckpt_dir).as_posix()
             files[rel] = {"sha256": sha256_file(path), "num_bytes": path.stat().st_size}
     manifest = {"format_version": FORMAT_VERSION, "step": step, "files": files}
@@ -103,18 +107,33 @@ def publish_manifest(ckpt_dir: Path, step: int) -> dict[str, Any]:
     return manifest
 
 
+def parse_manifest(data: bytes, where: str | Path) -> dict[str, Any]:
+    """A manifest's JSON, checked: an empty, truncated or foreign file is a CheckpointError naming it."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{where} is not a checkpoint manifest (no 'files' object)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{where} has format_version {manifest.get('format_version')!r}; "
+                              f"this build reads version {FORMAT_VERSION}")
+    return manifest
+
+
+def is_complete_manifest(data: bytes) -> bool:
+    try:
+        parse_manifest(data, MANIFEST)
+    except CheckpointError:
+        return False
+    return True
+
+
 def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / MANIFEST
     if not path.is_file():
         raise CheckpointError(f"checkpoint {ckpt_dir} is incomplete: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {manifest.get('format_version')!r}; "
-                              f"this build reads version {FORMAT_VERSION}")
-    return manifest
+    return parse_manifest(path.read_bytes(), path)
 
 
 def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
@@ -129,33 +148,65 @@ def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def step_of(dir_name: str) -> int | None:
+    m = _STEP_DIR.match(dir_name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every complete checkpoint (has a manifest), oldest first."""
+    """(step, dir) of every complete checkpoint (has a valid manifest), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
-        if m and (child / MANIFEST).is_file():
-            found.append((int(m.group(1)), child))
+        step = step_of(child.name)
+        if step is not None and (child / MANIFEST).is_file() and is_complete_manifest((child / MANIFEST).read_bytes()):
+            found.append((step, child))
     return sorted(found)
 
 
+def newest_verified(steps: Sequence[int], open_checkpoint: Callable[[int], Path], where: str) -> tuple[int, Path] | None:
+    """(step, dir) of the newest of `steps` whose files match its manifest; None when there are no steps.
+
+    `open_checkpoint` makes a step readable as a local dir (a download for a remote durable dir). A newer
+    checkpoint that fails is skipped with a CheckpointFallbackWarning naming it; when none verifies, the
+    CheckpointError lists every failure.
+    """
+    failures = []
+    newest_first = sorted(steps, reverse=True)
+    for i, step in enumerate(newest_first):
+        try:
+            ckpt = open_checkpoint(step)
+            verify_checkpoint(ckpt)
+        except (CheckpointError, OSError) as exc:
+            failures.append(f"step {step}: {exc}")
+            if i + 1 < len(newest_first):
+                warnings.warn(f"{where}: checkpoint step {step} is unusable ({exc}); falling back to step "
+                              f"{newest_first[i + 1]}", CheckpointFallbackWarning, stacklevel=2)
+            continue
+        return step, ckpt
+    if failures:
+        raise CheckpointError(f"{where}: no checkpoint passes verification ({'; '.join(failures)})")
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint whose files verify (older ones are the fallback, with a warning)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
-    found = list_checkpoints(run_dir)
-    if not found:
+    found = newest_verified([step for step, _ in list_checkpoints(run_dir)],
+                            lambda step: run_dir / CHECKPOINTS / checkpoint_dir_name(step), f"run dir {run_dir}")
+    if found is None:
         raise CheckpointError(f"run dir {run_dir} has no complete checkpoint under {CHECKPOINTS}/")
-    return found[-1][1]
+    return found[1]
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (and abandoned incomplete ones older than them)."""
-    complete = list_checkpoints(run_dir)
-    removed = [path for _, path in complete[:-keep]] if keep > 0 else []
+def prune_checkpoints(run_dir: Path, keep: int, last_flushed_step: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints, sparing any not yet flushed (see steps_to_prune)."""
+    complete = dict(list_checkpoints(run_dir))
+    removed = [complete[step] for step in steps_to_prune(complete, keep, last_flushed_step)]
     for path in removed:
         (path / MANIFEST).unlink(missing_ok=True)  # invisible first, then gone
         shutil.rmtree(path, ignore_errors=True)
@@ -209,7 +260,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"run dir {run_dir} has no config.json; is it a training run directory?")
     data = json.loads(path.read_text())
-    data = {k: v for k, v in data.items() if k in ("model", "train", "stream", "checkpoint")}
+    data = {k: v for k, v in data.items() if k in SECTIONS}  # config.json also records its data dir
     return RunConfig.from_mapping(data).validate()
 
 

@@ -23,9 +23,21 @@ class PackedTokenDataset:
         self.manifest: DataManifest = load_manifest(self.data_dir)
         if split not in self.manifest.splits:
             raise DataError(f"{manifest_path(self.data_dir)}: has no {split!r} split")
+        if verify:
+            self._check_tokenizer()
         shards = self.manifest.splits[split].shards
         self._arrays = [self._open_shard(s.file_name, s.num_blocks, s.sha256, verify) for s in shards]
         self._offsets = np.cumsum([0] + [s.num_blocks for s in shards], dtype=np.int64)
+
+    def _check_tokenizer(self) -> None:
+        """Token ids mean nothing with another tokenizer: the file must be the one the manifest hashed."""
+        path = self.tokenizer_path
+        if not path.is_file():
+            raise DataError(f"{path}: tokenizer listed in {manifest_path(self.data_dir)} is missing")
+        got = file_sha256(path)
+        if got != self.manifest.tokenizer_sha256:
+            raise DataError(f"{path}: sha256 mismatch, manifest expects {self.manifest.tokenizer_sha256}, file has "
+                            f"{got} (the tokenizer was changed; re-run `perkunas prepare`)")
 
     def _open_shard(self, file_name: str, num_blocks: int, sha256: str, verify: bool) -> np.ndarray:
         path = self.data_dir / file_name

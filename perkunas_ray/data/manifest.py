@@ -102,12 +102,18 @@ def _count(data: dict[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _plain_name(data: dict[str, Any], key: str, where: str) -> str:
+    """A file name inside the data dir: no folder part, no `..`, not absolute (a manifest never leads outside)."""
+    name = _need(data, key, str, where)
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise DataError(f"{where}: {key} must be a plain file name inside the data dir, got {name!r}")
+    return name
+
+
 def _shard_from_dict(data: Any, where: str) -> ShardInfo:
     if not isinstance(data, dict):
         raise DataError(f"{where}: must be an object, got {data!r}")
-    name = _need(data, "file_name", str, where)
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise DataError(f"{where}: file_name must be a plain file name inside the data dir, got {name!r}")
+    name = _plain_name(data, "file_name", where)
     return ShardInfo(file_name=name, num_blocks=_count(data, "num_blocks", where),
                      sha256=_need(data, "sha256", str, where))
 
@@ -159,7 +165,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_FILE_NAME) -> DataManife
         raise DataError(f"{where}: splits must be 'train' and optionally 'val', got {sorted(splits_raw)}")
     special = _need(data, "special_token_ids", dict, where) if "special_token_ids" in data else {}
     manifest = DataManifest(
-        tokenizer_file=_need(data, "tokenizer_file", str, where),
+        tokenizer_file=_plain_name(data, "tokenizer_file", where),
         tokenizer_sha256=_need(data, "tokenizer_sha256", str, where),
         vocab_size=vocab_size,
         eos_id=_count(data, "eos_id", where),

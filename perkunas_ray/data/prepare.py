@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import re
 import shutil
 import sys
 import time
@@ -28,6 +27,7 @@ from perkunas_ray.data.manifest import (
     write_manifest,
 )
 from perkunas_ray.data.packing import BlockPacker
+from perkunas_ray.data.publish import staged_data_dir
 from perkunas_ray.data.readers import DEFAULT_DELIMITER, DEFAULT_TEXT_COLUMN, ReaderOptions, iter_documents
 from perkunas_ray.data.resources import bundled_corpus_path
 from perkunas_ray.data.shards import ShardWriter
@@ -43,8 +43,6 @@ from perkunas_ray.data.tokenizer import (
     train_tokenizer,
 )
 from perkunas_ray.errors import ConfigError, DataError
-
-_SHARD_NAME = re.compile(r"^(train|val)_\d+\.npy(\.tmp)?$")
 
 
 def _path_text(value: Any, where: str) -> str:
@@ -188,14 +186,6 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
                         f"pass --overwrite to replace it")
 
 
-def _clear_previous(output_dir: Path) -> None:
-    """Remove an earlier manifest first (so a crash leaves no valid-looking dir), then its shards."""
-    (output_dir / MANIFEST_FILE_NAME).unlink(missing_ok=True)
-    for path in output_dir.iterdir():
-        if _SHARD_NAME.match(path.name) and path.is_file():
-            path.unlink()
-
-
 def _tokenizer_info(tokenizer: Tokenizer, where: str | Path) -> tuple[TokenizerInfo, np.dtype]:
     info = describe_tokenizer(tokenizer, where)
     try:
@@ -280,7 +270,11 @@ def prepare_corpus(output_dir: str | Path, train_data: str | Path | list[str | P
 
 
 def run_prepare(config: PrepareConfig, show_progress: bool | None = None) -> PrepareSummary:
-    """Run the pipeline for a PrepareConfig (validated here); the manifest is written last."""
+    """Run the pipeline for a PrepareConfig (validated here); the manifest is written last.
+
+    The data set is built in a temp dir beside `output_dir` and moved in only when complete, so a failed
+    run (bad corpus, disk full) leaves an earlier data set there untouched.
+    """
     started = time.perf_counter()
     config.validate()
     if show_progress is None:
@@ -292,7 +286,6 @@ def run_prepare(config: PrepareConfig, show_progress: bool | None = None) -> Pre
     train_spec = " ".join(train_data) if isinstance(train_data, list) else train_data  # for messages
     val_sources = resolve_sources(config.val_data) if config.val_data else []
     stream = _DocumentStream(train_sources, val_sources, config)
-    tokenizer_file = out / TOKENIZER_FILE_NAME
 
     given_file = resolve_tokenizer_file(config.tokenizer_path) if config.tokenizer_path else None
     if given_file is not None:
@@ -300,48 +293,46 @@ def run_prepare(config: PrepareConfig, show_progress: bool | None = None) -> Pre
         info, dtype = _tokenizer_info(tokenizer, given_file)
     else:
         choose_token_dtype(config.vocab_size)  # fail on an impossible vocab before training
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
-
-    tokenizer_started = time.perf_counter()
-    if given_file is not None:
-        if not (tokenizer_file.exists() and os.path.samefile(given_file, tokenizer_file)):
+    with staged_data_dir(out) as staging:
+        tokenizer_file = staging / TOKENIZER_FILE_NAME
+        tokenizer_started = time.perf_counter()
+        if given_file is not None:
             shutil.copyfile(given_file, tokenizer_file)
-    else:
-        train_texts = (text for split, text in stream if split == "train")
-        tokenizer = train_tokenizer(train_texts, config.vocab_size, show_progress=show_progress)
-        if stream.num_per_split["train"] == 0:
-            raise DataError(f"{train_spec}: empty corpus, no train documents of >= "
-                            f"{max(1, config.min_text_chars)} characters")
-        _save_tokenizer(tokenizer, tokenizer_file)
-        info, dtype = _tokenizer_info(tokenizer, tokenizer_file)
-    tokenizer_seconds = time.perf_counter() - tokenizer_started
+        else:
+            train_texts = (text for split, text in stream if split == "train")
+            tokenizer = train_tokenizer(train_texts, config.vocab_size, show_progress=show_progress)
+            if stream.num_per_split["train"] == 0:
+                raise DataError(f"{train_spec}: empty corpus, no train documents of >= "
+                                f"{max(1, config.min_text_chars)} characters")
+            _save_tokenizer(tokenizer, tokenizer_file)
+            info, dtype = _tokenizer_info(tokenizer, tokenizer_file)
+        tokenizer_seconds = time.perf_counter() - tokenizer_started
 
-    tokenize_started = time.perf_counter()
-    splits = _tokenize_and_write(stream, tokenizer, info, dtype, config, out, show_progress)
-    tokenize_seconds = time.perf_counter() - tokenize_started
-    if splits["train"].num_documents == 0:
-        raise DataError(f"{train_spec}: empty corpus, no train documents of >= {max(1, config.min_text_chars)} "
-                        f"characters")
-    if val_sources and splits["val"].num_documents == 0:
-        raise DataError(f"{config.val_data}: empty validation corpus, no documents")
-    if splits["train"].num_blocks == 0:
-        raise DataError(f"{train_spec}: only {splits['train'].num_tokens} train tokens, fewer than one block of "
-                        f"seq_len + 1 = {config.seq_len + 1}; lower --seq-len or add text")
+        tokenize_started = time.perf_counter()
+        splits = _tokenize_and_write(stream, tokenizer, info, dtype, config, staging, show_progress)
+        tokenize_seconds = time.perf_counter() - tokenize_started
+        if splits["train"].num_documents == 0:
+            raise DataError(f"{train_spec}: empty corpus, no train documents of >= {max(1, config.min_text_chars)} "
+                            f"characters")
+        if val_sources and splits["val"].num_documents == 0:
+            raise DataError(f"{config.val_data}: empty validation corpus, no documents")
+        if splits["train"].num_blocks == 0:
+            raise DataError(f"{train_spec}: only {splits['train'].num_tokens} train tokens, fewer than one block of "
+                            f"seq_len + 1 = {config.seq_len + 1}; lower --seq-len or add text")
 
-    sources = _source_infos(train_sources, "train" if val_sources else "train+val") + _source_infos(val_sources, "val")
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "overwrite")}
-    settings.update(tokenizer_trained=given_file is None, created_by=f"perkunas_ray {perkunas_ray.__version__}")
-    manifest = DataManifest(
-        tokenizer_file=TOKENIZER_FILE_NAME, tokenizer_sha256=file_sha256(tokenizer_file),
-        vocab_size=info.vocab_size, eos_id=info.eos_id, pad_id=info.pad_id, dtype=dtype.name,
-        seq_len=config.seq_len, splits=splits, total_tokens=sum(s.num_tokens for s in splits.values()),
-        dropped_tail_tokens=sum(s.num_dropped_tokens for s in splits.values()), sources=sources,
-        special_token_ids=info.special_token_ids, num_skipped_documents=stream.num_skipped, settings=settings,
-    )
-    manifest_file = write_manifest(out, manifest)
+        sources = _source_infos(train_sources, "train" if val_sources else "train+val") + _source_infos(val_sources, "val")
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "overwrite")}
+        settings.update(tokenizer_trained=given_file is None, created_by=f"perkunas_ray {perkunas_ray.__version__}")
+        manifest = DataManifest(
+            tokenizer_file=TOKENIZER_FILE_NAME, tokenizer_sha256=file_sha256(tokenizer_file),
+            vocab_size=info.vocab_size, eos_id=info.eos_id, pad_id=info.pad_id, dtype=dtype.name,
+            seq_len=config.seq_len, splits=splits, total_tokens=sum(s.num_tokens for s in splits.values()),
+            dropped_tail_tokens=sum(s.num_dropped_tokens for s in splits.values()), sources=sources,
+            special_token_ids=info.special_token_ids, num_skipped_documents=stream.num_skipped, settings=settings,
+        )
+        write_manifest(staging, manifest)
     return PrepareSummary(
-        output_dir=out, manifest_path=manifest_file, tokenizer_path=tokenizer_file,
+        output_dir=out, manifest_path=out / MANIFEST_FILE_NAME, tokenizer_path=out / TOKENIZER_FILE_NAME,
         tokenizer_trained=given_file is None, vocab_size=info.vocab_size, dtype=dtype.name, seq_len=config.seq_len,
         num_documents={s: v.num_documents for s, v in splits.items()},
         num_tokens={s: v.num_tokens for s, v in splits.items()},

@@ -48,6 +48,16 @@ def iter_txt_documents(source: SourceFile, delimiter: str) -> Iterator[str]:
         raise DataError(f"{source.path}: not valid UTF-8 text ({exc.reason} at byte {exc.start} of a chunk)") from exc
 
 
+def _checked_text(value: str, source: SourceFile, line_number: int, field: str) -> str:
+    """JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 text can hold; refuse it here, by line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{source.path}: line {line_number} field {field!r} holds a lone surrogate "
+                        f"({value[exc.start]!r} at character {exc.start}), which is not valid Unicode text") from exc
+    return value
+
+
 def iter_jsonl_documents(source: SourceFile, field: str) -> Iterator[str]:
     """Yield `obj[field]` of every JSON object line; blank lines are skipped, null values yield ''."""
     try:
@@ -69,7 +79,7 @@ def iter_jsonl_documents(source: SourceFile, field: str) -> Iterator[str]:
                 if value is None:
                     yield ""
                 elif isinstance(value, str):
-                    yield value
+                    yield _checked_text(value, source, line_number, field)
                 else:
                     raise DataError(f"{source.path}: line {line_number} field {field!r} is a "
                                     f"{type(value).__name__}, expected a string")

@@ -125,7 +125,7 @@ def export_gguf(run_dir: str | Path, output: str | Path, dtype: str = "f32", ove
     """Write RUN's newest (or `step`'s) checkpoint as one .gguf file at `output`."""
     output = Path(output)
     check_dtype(dtype, GGUF_DTYPES)
-    check_output(output, overwrite, "--output", is_dir=False)
+    check_output(output, overwrite, "--output", is_dir=False, sources=(run_dir, tokenizer_dir))
     source = load_export_source(run_dir, step, tokenizer_dir, target="GGUF")
     with staged_file(output, overwrite) as tmp:
         write_gguf(source, tmp, dtype)

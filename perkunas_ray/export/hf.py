@@ -84,7 +84,7 @@ def export_hf(run_dir: str | Path, output_dir: str | Path, tokenizer_dir: str | 
     """Write RUN's newest (or `step`'s) checkpoint as a Hugging Face package at `output_dir`."""
     output_dir = Path(output_dir)
     check_dtype(dtype, HF_DTYPES)
-    check_output(output_dir, overwrite, "--output-dir", is_dir=True)
+    check_output(output_dir, overwrite, "--output-dir", is_dir=True, sources=(run_dir, tokenizer_dir))
     source = load_export_source(run_dir, step, tokenizer_dir, target="Hugging Face")
     cfg, tok = source.config, source.tokenizer
     config = hf_config(cfg, tok, dtype)

@@ -84,13 +84,20 @@ def config_from_hf(hf: dict[str, Any], where: Path) -> ModelConfig:
         raise CheckpointError(str(exc)) from exc
 
 
+def _weight_file(index: Path, entry: object) -> str:
+    """A weight_map value must name a file beside the index; `/etc/...` or `../` would read outside the package."""
+    if not isinstance(entry, str) or not entry or Path(entry).name != entry or entry in (".", "..") or "\\" in entry:
+        raise CheckpointError(f"{index}: weight_map entry {entry!r} is not a plain file name inside the package")
+    return entry
+
+
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     index, single = path / INDEX_FILE, path / SINGLE_FILE
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no weight_map")
-        files = sorted(set(weight_map.values()))
+        files = sorted({_weight_file(index, entry) for entry in weight_map.values()})
     elif single.is_file():
         files = [SINGLE_FILE]
     else:

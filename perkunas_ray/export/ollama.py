@@ -45,7 +45,7 @@ def export_ollama(run_dir: str | Path, output_dir: str | Path, dtype: str = "f16
     """Write model.gguf, Modelfile and perkunas_export_manifest.json into `output_dir`."""
     output_dir = Path(output_dir)
     check_dtype(dtype, GGUF_DTYPES)
-    check_output(output_dir, overwrite, "--output-dir", is_dir=True)
+    check_output(output_dir, overwrite, "--output-dir", is_dir=True, sources=(run_dir, tokenizer_dir))
     source = load_export_source(run_dir, step, tokenizer_dir, target="GGUF")
     text = modelfile(source.tokenizer, chat=chat, system=system, temperature=temperature, top_p=top_p)
     with staged_dir(output_dir, overwrite) as tmp:

@@ -39,7 +39,10 @@ class ExportSource:
 
 
 def select_checkpoint(run_dir: Path, step: int | None) -> Path:
-    """The newest complete checkpoint, or the one of `step`; an error names what is missing."""
+    """The newest checkpoint that verifies, or the one of `step` (verified); an error names what is wrong.
+
+    Every file is checked against its sha256; the error names the first bad one.
+    """
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
     if step is None:
@@ -51,6 +54,7 @@ def select_checkpoint(run_dir: Path, step: int | None) -> Path:
                               f"{', '.join(map(str, steps)) or 'none'})")
     if not (ckpt / MANIFEST).is_file():
         raise CheckpointError(f"checkpoint {ckpt} is incomplete: it has no {MANIFEST}")
+    verify_checkpoint(ckpt)
     return ckpt
 
 
@@ -73,8 +77,7 @@ def load_export_source(run_dir: str | Path, step: int | None = None, tokenizer_d
     ckpt = select_checkpoint(run_dir, step)
     cfg = load_run_config(run_dir).model
     check_exportable(cfg, target)
-    verify_checkpoint(ckpt)  # every file against its sha256, the error names the first bad one
-    state = load_model_state(ckpt, verify=False)
+    state = load_model_state(ckpt, verify=False)  # select_checkpoint verified it
     run_state = read_state(ckpt)
     tokenizer = load_export_tokenizer(run_dir if tokenizer_dir is None else Path(tokenizer_dir), cfg.vocab_size)
     return ExportSource(run_dir=run_dir, checkpoint_dir=ckpt, step=int(run_state.get("step", -1)),

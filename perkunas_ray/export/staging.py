@@ -6,14 +6,32 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from perkunas_ray.export.errors import ExportError
 
 
-def check_output(path: Path, overwrite: bool, flag: str, is_dir: bool) -> None:
-    """Refuse an existing output unless asked to overwrite it, before any work is done."""
+def check_apart(path: Path, sources: Iterable[str | Path | None], flag: str) -> None:
+    """Refuse an output that is, holds or lies inside a source: replacing it would delete what is exported.
+
+    Both sides are compared resolved, so a symlink or a `..` cannot hide the overlap.
+    """
+    out = path.resolve()
+    for source in sources:
+        if source is None:
+            continue
+        src = Path(source).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            relation = "is" if out == src else "lies inside" if src in out.parents else "holds"
+            raise ExportError(f"{flag} {path} {relation} the export's source {source} (resolved: {out} and {src}); "
+                              f"write the export outside it")
+
+
+def check_output(path: Path, overwrite: bool, flag: str, is_dir: bool,
+                 sources: Iterable[str | Path | None] = ()) -> None:
+    """Refuse an existing output unless asked to overwrite it, or one overlapping a source, before any work."""
+    check_apart(path, sources, flag)
     if path.exists() and not overwrite:
         raise ExportError(f"{flag} {path} already exists; pass --overwrite to replace it")
     if path.exists() and path.is_dir() != is_dir:
