@@ -9,6 +9,8 @@ import pytest
 from perkunas_ray.cli import main
 from tests.unit.test_eval_fixtures import eval_dirs
 
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+
 ITEMS = [
     {"activity_label": "Walking the dog", "ctx_a": "A girl walks her dog in the park.", "ctx_b": "the dog",
      "endings": ["runs after a ball.", "eats a [title] sandwich.", "flies away.", "sings a song."], "label": 0},

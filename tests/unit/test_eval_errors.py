@@ -13,6 +13,8 @@ from perkunas_ray.eval import EvalOptions, evaluate, load_hellaswag
 from tests.unit.test_eval_fixtures import prepared_data, trained_run_dir, two_step_run_dir
 from tests.unit.test_export_fixtures import story_lines
 
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+
 QUIET = dict(hellaswag=None, prompts=(), progress=False)
 
 

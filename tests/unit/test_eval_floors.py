@@ -11,6 +11,8 @@ from perkunas_ray.errors import ConfigError
 from perkunas_ray.eval import bigram_scorer, count_ngrams, uniform_scorer, unigram_scorer
 from perkunas_ray.eval.rows import IGNORE
 
+pytestmark = pytest.mark.unit
+
 V = 5
 K = 0.5
 # Two training blocks. Unigram counts: 0:1 1:4 2:2 3:1 4:0 (N = 8).

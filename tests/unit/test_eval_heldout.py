@@ -21,6 +21,8 @@ from tests.unit.test_eval_fixtures import (
 )
 from tests.unit.test_export_fixtures import tiny_tokenizer
 
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+
 EOS = 0
 
 

@@ -14,6 +14,8 @@ from perkunas_ray.eval.hellaswag_data import item_from_record
 from perkunas_ray.eval.rows import IGNORE
 from tests.unit.test_export_fixtures import tiny_tokenizer
 
+pytestmark = pytest.mark.unit
+
 # Log-probability of each word, whatever came before it: the endings' scores follow by hand.
 WORD_LOG_PROBS = {"ctx": -1.0, "aaaaaaaaaa": -3.0, "b": -1.4, "x": -0.9, "d": -10.0}
 
