@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from perkunas_ray.cli import main
 from perkunas_ray.errors import CheckpointError
 from perkunas_ray.export import ExportError, export_gguf, export_hf, export_ollama, load_hf_package
 from tests.unit.test_export_errors import EXPORTS
@@ -44,6 +45,13 @@ def test_an_output_dir_overlapping_the_run_dir_is_refused_even_with_overwrite(ki
     with pytest.raises(ExportError, match=r"--output-dir .* the export's source .*; write the export outside it"):
         export(run_dir, out, overwrite=True)
     assert _tree(run_dir.parent) == before
+
+
+def test_cli_refuses_to_export_over_the_run_dir(run_dir, capsys):
+    before = _tree(run_dir)
+    code = main(["export", "hf", "--run-dir", str(run_dir), "--output-dir", str(run_dir), "--overwrite"])
+    assert code == 2 and "is the export's source" in capsys.readouterr().err
+    assert _tree(run_dir) == before
 
 
 def test_a_gguf_file_inside_the_run_dir_or_the_tokenizer_dir_is_refused(run_dir, tmp_path):
