@@ -75,18 +75,23 @@ class DurableDir:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_dir(self._path(rel))
 
-    def write(self, rel: str, fill: Callable[[BinaryIO], object]) -> None:
-        """Let `fill` write `rel` under a temp name, then move it into place; on error no temp file stays."""
+    def write(self, rel: str, fill: Callable[[BinaryIO], object], via_temp: bool = True) -> None:
+        """Let `fill` write `rel` under a temp name, then move it into place; on error no temp file stays.
+
+        `via_temp=False` writes a remote file in place: for files no reader trusts before a manifest names
+        them, where a move would cost an object store a second full copy.
+        """
         self.fs.create_dir(self._path(rel.rsplit("/", 1)[0] if "/" in rel else ""), recursive=True)
         if self.local_path is not None:
             with replacing(self.local_path / rel) as tmp, open(tmp, "wb") as dst:
                 fill(dst)
             return
-        tmp = rel + TMP_SUFFIX
+        tmp = rel + TMP_SUFFIX if via_temp else rel
         try:
             with self.fs.open_output_stream(self._path(tmp)) as dst:
                 fill(dst)
-            self.fs.move(self._path(tmp), self._path(rel))
+            if via_temp:
+                self.fs.move(self._path(tmp), self._path(rel))
         except BaseException:
             self.delete_file(tmp)
             raise
@@ -94,9 +99,9 @@ class DurableDir:
     def write_bytes(self, rel: str, data: bytes) -> None:
         self.write(rel, lambda dst: dst.write(data))
 
-    def upload_file(self, local: Path, rel: str) -> None:
+    def upload_file(self, local: Path, rel: str, via_temp: bool = True) -> None:
         with open(local, "rb") as src:
-            self.write(rel, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
+            self.write(rel, lambda dst: shutil.copyfileobj(src, dst, _CHUNK), via_temp)
 
     def download_file(self, rel: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,7 @@ class DurableDir:
         manifest = json.loads((local_ckpt / MANIFEST).read_text())
         try:
             for rel in manifest["files"]:
-                self.upload_file(local_ckpt / rel, f"{rel_dir}/{rel}")
+                self.upload_file(local_ckpt / rel, f"{rel_dir}/{rel}", via_temp=False)  # the manifest vouches
             self.upload_file(local_ckpt / MANIFEST, f"{rel_dir}/{MANIFEST}")
         except BaseException:
             self.delete_dir(rel_dir)
