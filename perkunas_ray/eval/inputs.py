@@ -69,7 +69,8 @@ def heldout_set(loaded: LoadedModel, data: str | Path, text_field: str, limit: i
         sources = resolve_sources(str(data))
         options = ReaderOptions(text_column=text_field)
         documents = itertools.chain.from_iterable(iter_documents(source, options) for source in sources)
-        heldout = text_rows(documents, loaded.tokenizer, loaded.eos_token_id, context_len, str(data), limit)
+        description = f"{data} (each document after EOS, in non-overlapping windows of {context_len} tokens)"
+        heldout = text_rows(documents, loaded.tokenizer, loaded.eos_token_id, context_len, description, limit)
     if not heldout.rows or heldout.num_bytes == 0:
         raise DataError(f"{data}: holds no text to score")
     return heldout

@@ -46,7 +46,7 @@ class EvalReport:
         heldout = hellaswag = None
         if self.heldout is not None:
             heldout = {"data": self.heldout.description, "num_documents": self.heldout.num_documents,
-                       "num_tokens": self.heldout.num_tokens, "num_bytes": self.heldout.num_bytes,
+                       "unit": self.heldout.unit, "num_tokens": self.heldout.num_tokens, "num_bytes": self.heldout.num_bytes,
                        "scores": {name: totals.to_dict() for name, totals in self.heldout.totals.items()}}
         if self.hellaswag is not None:
             hellaswag = {"file": self.hellaswag.path, "preprocessing": self.hellaswag.preprocessing,
@@ -77,6 +77,8 @@ def format_table(report: EvalReport) -> str:
     if report.hellaswag is not None:
         s = report.hellaswag
         lines += ["", f"hellaswag: {s.path} (n={s.num_items:,}; {'; '.join(s.preprocessing)})",
+                  "  best ending by: acc = sum of log-probs, acc_norm = per character (lm-eval), "
+                  "acc_token_mean = per token (build-nanogpt); ± standard error",
                   f"  {'scorer':<10}" + "".join(f"{metric:>22}" for metric in METRICS)]
         lines += [f"  {name:<10}" + "".join(f"{_accuracy_cell(by_metric[m]):>22}" for m in METRICS)
                   for name, by_metric in s.accuracy.items()]
