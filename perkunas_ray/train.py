@@ -24,6 +24,7 @@ from perkunas_ray.run_setup import DEFAULT_RUNS, bundled_data_dir
 from perkunas_ray.stream.build import TrainRun, local_backend, open_run, train, validate
 from perkunas_ray.stream.interface import ActorFailure
 from perkunas_ray.stream.session import has_checkpoints, recorded_config
+from perkunas_ray.telemetry.report import build_report
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -76,12 +77,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, RunConfig | Non
 
 
 # ---- modes -----------------------------------------------------------------------------------------------
-def print_validation(run: TrainRun) -> float:
+def print_validation(run: TrainRun) -> None:
     """Streamed validation of the run's checkpoint, in this process."""
     val_loss, num_batches = validate(run)
     print(f"step {run.state['step']} ({run.checkpoint_dir}): val loss {val_loss:.4f} | "
           f"val ppl {math.exp(min(val_loss, 50)):.2f} | {num_batches} batches")
-    return val_loss
 
 
 def connect_ray(args: argparse.Namespace, namespace: str) -> bool:
@@ -108,7 +108,7 @@ def train_run(run: TrainRun, args: argparse.Namespace, started: float) -> None:
               flush=True)
     if args.in_process:
         result = train(run, local_backend, verbose)
-    else:
+    else:  # Ray loads only when the run trains on it (`perkunas --help` and --in-process stay quick)
         import ray
 
         from actors.driver import ray_backend
@@ -130,8 +130,6 @@ def train_run(run: TrainRun, args: argparse.Namespace, started: float) -> None:
 
 
 def _build_report(log_dir: Path) -> str:
-    from perkunas_ray.telemetry.report import build_report
-
     out = log_dir / "report.html"
     try:
         build_report(log_dir, out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -69,9 +69,3 @@ class LocalTraceStore:
     def clear(self) -> None:
         for key in list(self._traces):
             self.drop(key)
-
-    def __len__(self) -> int:
-        return len(self._traces)
-
-    def info(self) -> dict[str, Any]:
-        return {"device": str(self.storage_device), "num_traces": len(self._traces)}
