@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}"
         print(f"kvserve: {auth.describe()}")
         print(f"kvserve: models {', '.join(registry.models)}; router {registry.router.policy}")
-        print(f"kvserve: serving at {url}/v1 (OpenAI API; health: {url}/health). Ctrl-C to stop.", flush=True)
+        print(f"kvserve: serving at {url}/v1 (OpenAI API; health: {url}/health; playground: {url}/). Ctrl-C to stop.",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -7,10 +7,12 @@ Errors leave as `{"error": {"message", "type", "param", "code"}}`; bad input is 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perkunas_ray.errors import PerkunasError
@@ -22,6 +24,7 @@ from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.routes import AppState, router
 
 logger = logging.getLogger("perkunas.kvserve")
+PLAYGROUND = Path(__file__).with_name("playground")
 
 
 def create_app(backend: Backend, auth: TokenAuth, *, max_body_bytes: int = 1 << 20,
@@ -37,7 +40,18 @@ def create_app(backend: Backend, auth: TokenAuth, *, max_body_bytes: int = 1 << 
         return {"status": "ok"}
 
     app.include_router(router)
+    _add_playground(app)
     return app
+
+
+def _add_playground(app: FastAPI) -> None:
+    """The web playground at `/`: static files only, open like /health (it holds no secret; its API calls carry
+    the token the user types, and the API checks it)."""
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(PLAYGROUND / "index.html")
 
 
 def _add_error_handlers(app: FastAPI, metrics: RequestMetrics) -> None:
