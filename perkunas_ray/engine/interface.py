@@ -9,6 +9,7 @@ finished `RequestOutput` per prompt (deltas there equal the whole output).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +19,15 @@ KV_DTYPES = ("model", "int8")
 PRUNING_MODES = ("none", "sink_window")
 FINISH_REASONS = ("stop", "length", "abort")
 KV_EVENT_KINDS = ("stored", "removed", "cleared")
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # OpenAI's seed is an int64
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed inside the engine (a server fault, not the caller's); the engine serves on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +57,16 @@ class SamplingParams:
     def validate(self, prefix: str = "sampling") -> SamplingParams:
         check(is_int(self.max_tokens) and self.max_tokens > 0, f"{prefix}.max_tokens", "a positive integer",
               self.max_tokens)
-        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0, f"{prefix}.temperature",
-              ">= 0", self.temperature)
+        check(_is_finite(self.temperature) and self.temperature >= 0, f"{prefix}.temperature",
+              "a finite number >= 0", self.temperature)
         check(is_int(self.top_k) and self.top_k >= 0, f"{prefix}.top_k", "an integer >= 0 (0 disables it)",
               self.top_k)
-        check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, f"{prefix}.top_p", "in (0, 1]",
-              self.top_p)
-        check(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, f"{prefix}.min_p", "in [0, 1]",
-              self.min_p)
-        check(isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0,
-              f"{prefix}.repetition_penalty", "> 0", self.repetition_penalty)
-        check(self.seed is None or is_int(self.seed), f"{prefix}.seed", "an integer or None", self.seed)
+        check(_is_finite(self.top_p) and 0 < self.top_p <= 1, f"{prefix}.top_p", "in (0, 1]", self.top_p)
+        check(_is_finite(self.min_p) and 0 <= self.min_p <= 1, f"{prefix}.min_p", "in [0, 1]", self.min_p)
+        check(_is_finite(self.repetition_penalty) and self.repetition_penalty > 0,
+              f"{prefix}.repetition_penalty", "a finite number > 0", self.repetition_penalty)
+        check(self.seed is None or (is_int(self.seed) and SEED_MIN <= self.seed <= SEED_MAX), f"{prefix}.seed",
+              f"None or an integer in [{SEED_MIN}, {SEED_MAX}] (64 bits)", self.seed)
         check(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), f"{prefix}.stop",
               "a list of non-empty strings", self.stop)
         check(isinstance(self.stop_token_ids, list) and all(is_int(t) and t >= 0 for t in self.stop_token_ids),
@@ -152,6 +161,7 @@ class EngineStats:
     kv_bytes_used: int = 0
     num_finished: int = 0
     num_generated_tokens: int = 0
+    num_failed: int = 0  # requests ended by an error inside the engine (each alone; the others went on)
 
     @property
     def prefix_cache_hit_rate(self) -> float:

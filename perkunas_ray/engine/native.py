@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 import threading
 from collections.abc import AsyncIterator
@@ -14,7 +15,14 @@ from typing import Any
 import torch
 
 from perkunas_ray.engine.block_hash import block_hashes
-from perkunas_ray.engine.interface import EngineStats, KVEvent, KVPolicy, RequestOutput, SamplingParams
+from perkunas_ray.engine.interface import (
+    EngineStats,
+    KVEvent,
+    KVPolicy,
+    RequestFailedError,
+    RequestOutput,
+    SamplingParams,
+)
 from perkunas_ray.engine.kv_cache_manager import KVCacheManager, cdiv
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.output_processor import OutputProcessor, RequestState, SequenceState
@@ -24,6 +32,8 @@ from perkunas_ray.engine.sampler import Sampler
 from perkunas_ray.engine.scheduler import Scheduler
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import DecoderLM
+
+logger = logging.getLogger("perkunas.engine")
 
 
 class NativeEngine:
@@ -91,6 +101,8 @@ class NativeEngine:
         self._task: asyncio.Task[None] | None = None
         self._num_finished = 0
         self._num_generated_tokens = 0
+        self._num_failed = 0
+        self._failed: dict[str, RequestFailedError] = {}  # generate()'s requests that failed, until it raises
         self.num_steps = 0
 
     @classmethod
@@ -126,7 +138,8 @@ class NativeEngine:
         first_id = request_id if params.n == 1 else f"{request_id}/0"
         for index in range(params.n):
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(self._rng.getrandbits(63) if params.seed is None else params.seed + index)
+            seed = self._rng.getrandbits(63) if params.seed is None else (params.seed + index) % (1 << 64)
+            generator.manual_seed(seed)
             request = Request(request_id if params.n == 1 else f"{request_id}/{index}", token_ids, params,
                               group_id=request_id, index=index, generator=generator,
                               share_prefix_with=first_id if index else None)
@@ -188,23 +201,45 @@ class NativeEngine:
         return bool(self._pending_adds or self._pending_aborts or self.scheduler.num_unfinished)
 
     def step(self) -> None:
-        """One scheduler step: schedule, run the model, sample, apply stop conditions, emit outputs."""
+        """One scheduler step: schedule, run the model, sample, apply stop conditions, emit outputs.
+
+        A failure is confined to the requests it concerns: a row the sampler or the output processor
+        cannot handle fails only its request; a failed forward pass fails only the requests of this step.
+        Either way the engine goes on serving the others.
+        """
         with self._step_lock:
             self._apply_pending()
             scheduled = self.scheduler.schedule()
             if scheduled.is_empty:
                 return
             self.num_steps += 1
-            logits = self.runner.execute(scheduled)
+            try:
+                logits = self.runner.execute(scheduled)
+            except Exception as exc:  # noqa: BLE001 - the batch's requests fail, the engine lives on
+                # Their blocks may be registered under hashes whose KV was never written: forget them.
+                self.kv_manager.reset_prefix_cache()
+                for item in scheduled.scheduled:
+                    self._fail(item.request.group_id, exc)
+                return
             requests = [item.request for item in scheduled.scheduled if item.samples]
             sampled = self.sampler(logits, requests)
             self.scheduler.update_from_output(scheduled)
             touched: dict[str, RequestState] = {}
-            for request, token_id, logprobs in zip(requests, sampled.token_ids, sampled.logprobs, strict=True):
-                seq = self._sequences[request.request_id]
-                state = self._states[request.group_id]
-                status = self.output_processor.append_token(seq, token_id, logprobs,
-                                                            incremental_text=state.sink is not None)
+            for row, (request, token_id, logprobs) in enumerate(zip(requests, sampled.token_ids, sampled.logprobs,
+                                                                    strict=True)):
+                state = self._states.get(request.group_id)
+                if state is None:  # a sibling sequence already failed the request
+                    continue
+                try:
+                    if row in sampled.errors:
+                        raise sampled.errors[row]
+                    seq = self._sequences[request.request_id]
+                    status = self.output_processor.append_token(seq, token_id, logprobs,
+                                                                incremental_text=state.sink is not None)
+                except Exception as exc:  # noqa: BLE001 - confined to this request
+                    touched.pop(state.request_id, None)
+                    self._fail(state.request_id, exc)
+                    continue
                 self._num_generated_tokens += 1
                 if status is not None:
                     self.scheduler.finish_request(request.request_id, status)
@@ -212,6 +247,27 @@ class NativeEngine:
             for state in touched.values():
                 if state.sink is not None or state.finished:
                     self._emit(state)
+
+    def _fail(self, request_id: str, exc: Exception) -> None:
+        """End a request with an error (under the step lock): its blocks go back, its consumer gets the error."""
+        state = self._states.pop(request_id, None)
+        if state is None:
+            return
+        logger.error("engine %s: request %s failed: %s: %s", self.name, request_id, type(exc).__name__, exc,
+                     exc_info=exc)
+        error = RequestFailedError(f"request {request_id!r} failed in the engine ({type(exc).__name__})")
+        for seq in state.sequences:
+            self._sequences.pop(seq.request.request_id, None)
+            if seq.finish_reason is None:
+                self.scheduler.finish_request(seq.request.request_id, RequestStatus.FINISHED_ABORTED)
+                seq.finish_reason = RequestStatus.FINISHED_ABORTED.value
+        self._num_failed += 1
+        if state.sink is not None:
+            loop, queue = state.sink
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(queue.put_nowait, error)
+        else:
+            self._failed[request_id] = error
 
     def generate(self, prompts: list[str] | list[list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
@@ -224,8 +280,11 @@ class NativeEngine:
                   for p, sp in zip(prompts, params_list, strict=True)]
         for state in states:
             self._enqueue_add(state)
-        while any(state.final_output is None for state in states):
+        while any(state.final_output is None and state.request_id not in self._failed for state in states):
             self.step()
+        for state in states:
+            if state.request_id in self._failed:
+                raise self._failed.pop(state.request_id)
         return [state.final_output for state in states]  # type: ignore[misc]
 
     # ---- async ----------------------------------------------------------------------------------
@@ -265,7 +324,7 @@ class NativeEngine:
         try:
             while self.has_unfinished():
                 await asyncio.to_thread(self.step)
-        except Exception as exc:  # an engine failure must reach every waiting consumer
+        except Exception as exc:  # step() confines request failures; anything left is the engine's own
             for state in list(self._states.values()):
                 if state.sink is not None:
                     state.sink[1].put_nowait(exc)
@@ -295,7 +354,7 @@ class NativeEngine:
                 num_preemptions=self.scheduler.num_preemptions, block_size=self.block_size,
                 kv_bytes_per_block=self.kv_bytes_per_block, kv_bytes_total=self.kv_store.num_bytes,
                 kv_bytes_used=pool.num_used_blocks * self.kv_bytes_per_block, num_finished=self._num_finished,
-                num_generated_tokens=self._num_generated_tokens)
+                num_generated_tokens=self._num_generated_tokens, num_failed=self._num_failed)
 
     def drain_kv_events(self) -> list[KVEvent]:
         with self._step_lock:

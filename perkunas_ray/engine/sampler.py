@@ -11,11 +11,15 @@ import torch
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.engine.request import Request
 
+# Temperatures below this sample greedily (vLLM's rule): dividing by them overflows the logits.
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclasses.dataclass
 class SamplerOutput:
     token_ids: list[int]
     logprobs: list[dict[int, float] | None]  # per row: {sampled id: lp, top-k ids: lp}, or None
+    errors: dict[int, Exception] = dataclasses.field(default_factory=dict)  # rows that failed (their token: 0)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, token_ids: list[int], penalty: float) -> torch.Tensor:
@@ -48,39 +52,58 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax over the last dim, NaN counted as -inf (torch's argmax would pick a NaN)."""
+    return torch.nan_to_num(logits, nan=float("-inf")).argmax(-1)
+
+
 class Sampler:
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
-        """logits (S, V) fp32, one row per request in `requests` order."""
+        """logits (S, V) fp32, one row per request in `requests` order. A row that fails is reported in
+        `errors` and the others are still sampled: one request's trouble stays its own."""
         token_ids: list[int] = [0] * len(requests)
+        errors: dict[int, Exception] = {}
         greedy_rows: list[int] = []
         # Logprobs are the model's own distribution, before penalties and temperature (vLLM's default).
         wanted = [row for row, r in enumerate(requests) if r.params.logprobs is not None]
         raw_logprobs = torch.log_softmax(self._rows(logits, wanted), dim=-1) if wanted else None
         for row, request in enumerate(requests):
             params = request.params
-            if params.repetition_penalty != 1.0:
-                logits[row] = apply_repetition_penalty(logits[row], request.all_token_ids, params.repetition_penalty)
-            if params.temperature == 0:
-                greedy_rows.append(row)
-                continue
-            scaled = filter_logits(logits[row] / params.temperature, params)
-            probs = scaled.softmax(-1)
-            token_ids[row] = int(torch.multinomial(probs, 1, generator=request.generator))
+            try:
+                if params.repetition_penalty != 1.0:
+                    logits[row] = apply_repetition_penalty(logits[row], request.all_token_ids,
+                                                           params.repetition_penalty)
+                if params.temperature < MIN_TEMPERATURE:
+                    greedy_rows.append(row)
+                    continue
+                token_ids[row] = self.sample_row(logits[row], request)
+            except Exception as exc:  # noqa: BLE001 - confined to this row's request (see NativeEngine.step)
+                errors[row] = exc
         if greedy_rows:
-            best = self._rows(logits, greedy_rows).argmax(-1).tolist()
+            best = greedy(self._rows(logits, greedy_rows)).tolist()
             for row, token in zip(greedy_rows, best, strict=True):
                 token_ids[row] = token
         logprobs: list[dict[int, float] | None] = [None] * len(requests)
         if raw_logprobs is not None:
             for lp, row in zip(raw_logprobs, wanted, strict=True):
+                if row in errors:
+                    continue
                 k = requests[row].params.logprobs or 0
                 entry = {token_ids[row]: float(lp[token_ids[row]])}
                 if k:
-                    top = torch.topk(lp, k)
+                    top = torch.topk(lp, min(k, lp.shape[-1]))
                     entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=True))
                 logprobs[row] = entry
-        return SamplerOutput(token_ids, logprobs)
+        return SamplerOutput(token_ids, logprobs, errors)
+
+    def sample_row(self, logits: torch.Tensor, request: Request) -> int:
+        """One token from one row. Logits that give no usable distribution (NaN, all -inf, an overflow to
+        +inf from extreme penalties) fall back to the greedy token instead of failing."""
+        probs = filter_logits(logits / request.params.temperature, request.params).softmax(-1)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            return int(greedy(logits))
+        return int(torch.multinomial(probs, 1, generator=request.generator))
 
     @staticmethod
     def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
