@@ -28,6 +28,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from perkunas_ray.data import PackedTokenDataset
+from perkunas_ray.data.text_bytes import bits_per_byte, num_text_bytes
 from perkunas_ray.eval.rows import Row, Scorer, num_scored, row_log_likelihoods
 
 
@@ -65,7 +66,7 @@ class LossTotals:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.nll / self.num_bytes / math.log(2)
+        return bits_per_byte(self.nll, self.num_bytes)
 
     def to_dict(self) -> dict[str, float | int]:
         return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
@@ -106,7 +107,7 @@ def block_rows(dataset: PackedTokenDataset, tokenizer: Tokenizer, max_blocks: in
     for index in range(count):
         block = dataset.block(index).astype(np.int64)
         rows.append(Row(inputs=block[:-1], targets=block[1:]))
-        num_bytes += len(tokenizer.decode(block[1:].tolist(), skip_special_tokens=True).encode("utf-8"))
+        num_bytes += num_text_bytes(tokenizer, block[1:])
     return HeldoutSet(f"{dataset.split} split of {dataset.data_dir}", rows, count, "blocks", num_bytes)
 
 

@@ -25,6 +25,7 @@ from perkunas_ray.checkpoint.format import (
 )
 from perkunas_ray.config import RunConfig
 from perkunas_ray.data import BatchCursor, PackedTokenDataset, iter_eval_batches
+from perkunas_ray.data.text_bytes import ValidationBitsPerByte
 from perkunas_ray.device import resolve_device
 from perkunas_ray.model.decoder import DecoderLM, build_model
 from perkunas_ray.model.shards import shard_parameter_shapes, stream_shard_specs
@@ -63,6 +64,8 @@ class ReferenceTrainer:
         self.run_dir = Path(run_dir)
         self.verbose = verbose
         self.train_data, self.val_data = open_datasets(cfg)
+        self.val_bpb = ValidationBitsPerByte(self.val_data, cfg.train.micro_batch_size,
+                                             cfg.train.max_validation_batches or None) if self.val_data else None
         check_run_dir_matches(self.run_dir, self.train_data)
         self.device = resolve_device(cfg.train.device)
         self.model = build_model(cfg.model, seed=cfg.train.seed, device=self.device)
@@ -160,14 +163,16 @@ class ReferenceTrainer:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def validate(self) -> float | None:
-        if self.val_data is None or self.cfg.train.max_validation_batches == 0:
+        if self.val_data is None or self.val_bpb is None or self.cfg.train.max_validation_batches == 0:
             return None
         val_loss, count = evaluate(self.model, self.val_data, self.cfg.train.micro_batch_size,
                                    self.cfg.train.max_validation_batches, self.device, self.cfg.train.dtype)
         if count == 0:
             return None
+        val_ppl, val_bpb = math.exp(min(val_loss, 50.0)), self.val_bpb(val_loss)
         self.log.write("validation", step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss,
-                       val_ppl=math.exp(min(val_loss, 50.0)), val_batches=count)
+                       val_ppl=val_ppl, val_bpb=val_bpb, val_batches=count)
+        self._say(f"step {self.step:6d} | val loss {val_loss:.4f} | val ppl {val_ppl:.2f} | val bpb {val_bpb:.4f}")
         return val_loss
 
     def train(self, max_steps: int | None = None) -> TrainResult:
@@ -177,7 +182,6 @@ class ReferenceTrainer:
         val_losses: list[tuple[int, float]] = []
         if self.step == 0 and (first := self.validate()) is not None:
             val_losses.append((0, first))
-            self._say(f"step {0:6d} | val loss {first:.4f}")
         while self.step < target:
             record = self.train_step()
             self.log.write("step", **record)
@@ -188,12 +192,10 @@ class ReferenceTrainer:
             due = t.validate_every and self.step % t.validate_every == 0 and self.step < target
             if due and (v := self.validate()) is not None:
                 val_losses.append((self.step, v))
-                self._say(f"step {self.step:6d} | val loss {v:.4f} | val ppl {math.exp(min(v, 50)):.2f}")
             if t.save_every and self.step % t.save_every == 0 and self.step < target:
                 self.save_checkpoint()
         if (v := self.validate()) is not None:
             val_losses.append((self.step, v))
-            self._say(f"step {self.step:6d} | val loss {v:.4f} | val ppl {math.exp(min(v, 50)):.2f}")
         ckpt = self.save_checkpoint()
         write_json_atomic(self.run_dir / TRAINER_STATE, {
             "step": self.step, "tokens_seen": self.tokens_seen, "last_checkpoint": str(ckpt),

@@ -16,6 +16,7 @@ import numpy as np
 from perkunas_ray.checkpoint.format import write_json_atomic
 from perkunas_ray.config import RunConfig
 from perkunas_ray.data import BatchCursor, PackedTokenDataset, iter_eval_batches
+from perkunas_ray.data.text_bytes import ValidationBitsPerByte
 from perkunas_ray.model.shards import stream_shard_specs
 from perkunas_ray.stream.clipping import clip_coefficient, reported_clip_scale, total_norm
 from perkunas_ray.stream.guard import GuardOutcome, GuardPolicy
@@ -91,6 +92,8 @@ class TrainLoop:
         self._last_store = StoreStats()
         self.losses: list[float] = []
         self.val_losses: list[tuple[int, float]] = []
+        self.val_bpb = ValidationBitsPerByte(val_data, t.micro_batch_size, t.max_validation_batches) \
+            if val_data is not None else None
         self.last_checkpoint: Path | None = None
 
     # ---- one step --------------------------------------------------------------------------------------
@@ -200,14 +203,16 @@ class TrainLoop:
             return None
         val_loss, num_batches = mean_eval_loss(self.backend.eval_losses, self.val_data, self.cfg,
                                                t.max_validation_batches)
-        if not num_batches:
+        if not num_batches or self.val_bpb is None:
             return None
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
-                  "val_ppl": math.exp(min(val_loss, 50.0)), "val_batches": num_batches}
+                  "val_ppl": math.exp(min(val_loss, 50.0)), "val_bpb": self.val_bpb(val_loss),
+                  "val_batches": num_batches}
         self.log.write("validation", **record)
         self.backend.emit(record, event="validation")
         self.val_losses.append((self.step, val_loss))
-        self._say(f"step {self.step:6d} | val loss {val_loss:.4f} | val ppl {record['val_ppl']:.2f}")
+        self._say(f"step {self.step:6d} | val loss {val_loss:.4f} | val ppl {record['val_ppl']:.2f} | "
+                  f"val bpb {record['val_bpb']:.4f}")
         return val_loss
 
     def save(self, flush: bool) -> Path:

@@ -235,6 +235,10 @@ def summarize(run: RunLog) -> list[tuple[str, str]]:
         rows.append(("best validation perplexity", f"{math.exp(min(vloss[i], 50.0)):.2f}"))
         rows.append(("last validation loss", f"{vloss[-1]:.4f} (perplexity {math.exp(min(vloss[-1], 50.0)):.2f}) "
                                              f"at step {int(vx[-1])}"))
+    bx, bpb = run.series("val_bpb", run.validations)
+    if bpb:
+        i = min(range(len(bpb)), key=bpb.__getitem__)
+        rows.append(("validation bits per byte", f"{bpb[i]:.4f} best (step {int(bx[i])}), {bpb[-1]:.4f} last"))
     for name, label, unit in (("tokens_per_s", "median throughput", "tok/s"), ("step_time_s", "median step time", "s")):
         _, ys = run.series(name)
         if ys:

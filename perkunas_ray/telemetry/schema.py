@@ -21,8 +21,9 @@ STEP_FIELDS = (
     "write_s", "resident_shards", "resident_bytes", "peak_bytes", "rss_bytes", "prefetch_hits",
     "prefetch_misses", "pending_writes", "flush_lag_steps", "last_flushed_step",
 )
-# event = "validation": validation loss at a step.
-VALIDATION_FIELDS = ("step", "tokens_seen", "val_loss", "val_ppl", "val_batches")
+# event = "validation": validation loss at a step, and bits per byte of the validation text (logs older than
+# val_bpb lack it).
+VALIDATION_FIELDS = ("step", "tokens_seen", "val_loss", "val_ppl", "val_bpb", "val_batches")
 # event = "checkpoint" / "flush": a checkpoint written to the active dir / published to the durable dir.
 CHECKPOINT_FIELDS = ("step", "path", "seconds")
 
