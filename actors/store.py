@@ -49,8 +49,9 @@ class ShardStoreActor:
         self.core.commit()
         return True
 
-    def checkpoint(self, ckpt_dir: str, state: dict[str, Any], prune_root: str, keep: int) -> str:
-        self.core.checkpoint(Path(ckpt_dir), state, Path(prune_root), keep)
+    def checkpoint(self, ckpt_dir: str, state: dict[str, Any], prune_root: str, keep: int,
+                   last_flushed_step: int | None) -> str:
+        self.core.checkpoint(Path(ckpt_dir), state, Path(prune_root), keep, last_flushed_step)
         return ckpt_dir
 
     def stats(self) -> StoreStats:

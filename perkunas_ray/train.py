@@ -151,15 +151,17 @@ def run_modes(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cfg, recorded = resolve_config(args)
     init = recorded is None
-    opened = open_run(cfg, init, recorded)  # the data is opened once, for training and validation
-    if args.validate and not (args.train or args.init_shards):
-        print_validation(opened)
-        return 0
-    if init:
-        print(f"initialised {cfg.model.num_stream_shards} shards in {opened.paths.durable}", flush=True)
-        if args.init_shards and not args.train:
+    validate_only = args.validate and not (args.train or args.init_shards)
+    # The data is opened once, for training and validation; a run opened to write holds its run dir.
+    with open_run(cfg, init, recorded, write=not validate_only) as opened:
+        if validate_only:
+            print_validation(opened)
             return 0
-    train_run(opened, args, started)
+        if init:
+            print(f"initialised {cfg.model.num_stream_shards} shards in {opened.paths.durable}", flush=True)
+            if args.init_shards and not args.train:
+                return 0
+        train_run(opened, args, started)
     if args.validate:
         print_validation(opened.at_latest())
     return 0

@@ -50,8 +50,7 @@ def small_config(data_dir: Path, run_dir: Path, **train: Any) -> RunConfig:
 
 def open_or_init(cfg: RunConfig) -> TrainRun:
     """The run of `cfg`, initialised first if its run dir holds no checkpoint."""
-    return open_run(cfg, init=not has_checkpoints(cfg.checkpoint.run_dir),
-                    name=f"{Path(cfg.checkpoint.run_dir).name}-{abs(hash(cfg.checkpoint.run_dir)) % 10**6}")
+    return open_run(cfg, init=not has_checkpoints(cfg.checkpoint.run_dir))
 
 
 def train_in_process(cfg: RunConfig, verbose: bool = False) -> TrainResult:

@@ -105,7 +105,7 @@ class StreamRunner:
     """The streaming runtime's loop, stepped from outside; each step's time includes waiting for its updates."""
 
     def __init__(self, cfg: RunConfig, args: argparse.Namespace) -> None:
-        run = open_run(cfg, init=True, name=f"bench-{abs(hash(cfg.checkpoint.run_dir)) % 10**6}")
+        self.run = run = open_run(cfg, init=True)
         self.ray_started = False
         make_backend: BackendFactory = local_backend
         if not args.in_process:
@@ -129,6 +129,7 @@ class StreamRunner:
 
     def close(self) -> None:
         self.backend.close()
+        self.run.close()
         if self.ray_started:
             import ray
 

@@ -25,7 +25,9 @@ def retention_warnings(keep_last: int, durable_flush_every: int, save_every: int
     if keep_last < 2:
         found.append(f"checkpoint.keep_last_checkpoints={keep_last} keeps no older checkpoint to fall back to "
                      f"when the newest fails its checksums; 2 or more is safer")
-    if durable_flush_every == 0 and save_every > 0:
-        found.append(f"checkpoint.durable_flush_every=0 flushes only at the end, so every checkpoint saved each "
-                     f"{save_every} steps stays in the active dir until then (only flushed ones are pruned)")
+    if durable_flush_every == 0:
+        piled = (f"; the checkpoints saved every {save_every} steps pile up in the active dir until then (only "
+                 f"flushed ones are pruned)") if save_every > 0 else ""
+        found.append("checkpoint.durable_flush_every=0 flushes to the durable dir only when the run ends: a crash "
+                     f"before then loses every step since the start (resume reads durable checkpoints only){piled}")
     return found

@@ -15,6 +15,7 @@ from perkunas_ray.checkpoint.format import (
     checkpoint_dir_name,
     decode_rng,
     encode_rng,
+    latest_checkpoint,
     list_checkpoints,
     load_model_state,
     load_shard,
@@ -83,10 +84,9 @@ class ReferenceTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _resume_if_possible(self) -> None:
-        found = list_checkpoints(self.run_dir)
-        if not found:
+        if not list_checkpoints(self.run_dir):
             return
-        step, ckpt = found[-1]
+        ckpt = latest_checkpoint(self.run_dir)  # the newest that verifies (a corrupt newest one is skipped, with a warning)
         self.model.load_state_dict(load_model_state(ckpt), strict=False)
         for spec in stream_shard_specs(self.cfg.model):
             load_optimizer_state(self.optimizer, self.names, load_shard(ckpt, spec.name, "optim"))

@@ -8,12 +8,17 @@ or the Ray actors' one, which the entry points take from actors/ (the core never
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.checkpoint.cleanup import clean_stale_writes
 from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.flush import CheckpointFlusher
+from perkunas_ray.checkpoint.lock import RunDirLock
+from perkunas_ray.checkpoint.prune import retention_warnings
 from perkunas_ray.config import RunConfig
 from perkunas_ray.data import PackedTokenDataset
 from perkunas_ray.device import resolve_device
@@ -37,6 +42,18 @@ class TrainRun:
     checkpoint_dir: Path
     state: dict[str, Any]  # the checkpoint's state.json
     name: str  # names the run's Ray actors and tags its metrics
+    lock: RunDirLock | None = None  # held by a run opened to write: one trainer per run dir
+
+    def close(self) -> None:
+        """Release the run dir (the OS drops the lock anyway when this process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> TrainRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def at_latest(self) -> TrainRun:
         """The same run at its newest complete checkpoint (say, after training it)."""
@@ -51,10 +68,20 @@ class TrainRun:
 BackendFactory = Callable[[TrainRun], Backend]
 
 
-def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name: str = "") -> TrainRun:
-    """Check the data against the config before anything is written, resolve the dirs, initialise the run
+def run_name(durable: str) -> str:
+    """The run's name on Ray: the run dir's name plus a digest of its full path, so `a/r1` and `b/r1` can
+    train on one cluster side by side."""
+    digest = hashlib.sha256(durable.encode()).hexdigest()[:8]
+    return f"{Path(durable.rstrip('/')).name or 'run'}-{digest}"
+
+
+def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name: str = "",
+             write: bool = True) -> TrainRun:
+    """Check the data against the config before anything is written, take the run dir (`write`: a second
+    trainer gets RunDirLockedError naming this one), clean what a crashed writer left, initialise the run
     if `init`, and read its newest checkpoint. `recorded`: the config the run dir holds, whose model `cfg`
-    must keep. `name`: the run's name on Ray (default: the run dir's name)."""
+    must keep. `name`: the run's name on Ray (default: `run_name`). Use it as a context manager, or
+    call `close()`, to release the run dir."""
     train_data, val_data = open_datasets(cfg)
     local = DurableDir(cfg.checkpoint.run_dir).local_path
     if local is not None:
@@ -62,11 +89,24 @@ def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name
     if recorded is not None:
         check_model_matches(cfg, recorded, cfg.checkpoint.run_dir)
     paths = resolve_paths(cfg)
-    if init:
-        init_run(cfg, paths, train_data)
-    ckpt, state = latest_state(paths)
-    return TrainRun(cfg, paths, train_data, val_data, ckpt, state,
-                    name or Path(paths.durable.rstrip("/")).name or "run")
+    lock = RunDirLock(paths.durable) if write else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if write:
+            for message in retention_warnings(cfg.checkpoint.keep_last_checkpoints,
+                                              cfg.checkpoint.durable_flush_every, cfg.train.save_every):
+                warnings.warn(message, stacklevel=2)
+            clean_stale_writes(DurableDir(paths.durable))
+            clean_stale_writes(DurableDir(str(paths.active)))
+        if init:
+            init_run(cfg, paths, train_data)
+        ckpt, state = latest_state(paths)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return TrainRun(cfg, paths, train_data, val_data, ckpt, state, name or run_name(paths.durable), lock)
 
 
 def local_backend(run: TrainRun) -> LocalBackend:
@@ -80,15 +120,19 @@ def local_backend(run: TrainRun) -> LocalBackend:
 
 def train(run: TrainRun, make_backend: BackendFactory, verbose: bool = True,
           max_steps: int | None = None) -> TrainResult:
-    """Record this invocation's effective config in the run dir, then train on the backend `make_backend` builds."""
-    local = DurableDir(run.paths.durable).local_path
-    if local is not None:
-        seed_run_dir(local, run.cfg, run.train_data)
-    backend = make_backend(run)
+    """Record this invocation's effective config in the run dir, then train on the backend `make_backend` builds;
+    the run dir is released when training ends."""
     try:
-        return run.loop(backend, verbose).run(max_steps)
+        local = DurableDir(run.paths.durable).local_path
+        if local is not None:
+            seed_run_dir(local, run.cfg, run.train_data)
+        backend = make_backend(run)
+        try:
+            return run.loop(backend, verbose).run(max_steps)
+        finally:
+            backend.close()
     finally:
-        backend.close()
+        run.close()
 
 
 def validate(run: TrainRun) -> tuple[float, int]:

@@ -56,7 +56,9 @@ class LocalBackend:
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> Path:
         ckpt = self.active_dir / CHECKPOINTS / checkpoint_dir_name(step)
-        self.store.checkpoint(ckpt, state, prune_root=self.active_dir, keep=self.cfg.checkpoint.keep_last_checkpoints)
+        flushed = self.last_flushed_step() if self.flusher is not None else None
+        self.store.checkpoint(ckpt, state, prune_root=self.active_dir, keep=self.cfg.checkpoint.keep_last_checkpoints,
+                              last_flushed_step=flushed)
         return ckpt
 
     def flush(self, step: int) -> None:

@@ -99,7 +99,7 @@ class RayBackend:
     def checkpoint(self, step: int, state: dict[str, Any]) -> Path:
         ckpt = self.paths.active / CHECKPOINTS / checkpoint_dir_name(step)
         self._get(self.store.checkpoint.remote(str(ckpt), state, str(self.paths.active),
-                                               self.cfg.checkpoint.keep_last_checkpoints))
+                                               self.cfg.checkpoint.keep_last_checkpoints, self.last_flushed_step()))
         return ckpt
 
     def flush(self, step: int) -> None:

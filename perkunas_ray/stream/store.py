@@ -155,8 +155,9 @@ class ShardStore:
         return params, optimizer_state_tensors(self.optims[name], names)
 
     def checkpoint(self, ckpt_dir: Path, state: dict[str, Any], prune_root: Path | None = None,
-                   keep: int = 0) -> None:
-        """Write a checkpoint in the run-dir format, shard by shard through the writer; manifest last."""
+                   keep: int = 0, last_flushed_step: int | None = None) -> None:
+        """Write a checkpoint in the run-dir format, shard by shard through the writer; manifest last.
+        Keep-last-`keep` pruning of `prune_root` spares steps after `last_flushed_step` (still to be flushed)."""
         ckpt_dir = Path(ckpt_dir)
         (ckpt_dir / MANIFEST).unlink(missing_ok=True)
         for name in self.names:
@@ -168,7 +169,7 @@ class ShardStore:
             write_json_atomic(ckpt_dir / STATE, state)
             publish_manifest(ckpt_dir, step=int(state["step"]))
             if prune_root is not None and keep > 0:
-                prune_checkpoints(prune_root, keep)
+                prune_checkpoints(prune_root, keep, last_flushed_step)
 
         self.writer.submit(finish)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import ray
 
 from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.format import latest_checkpoint, verify_checkpoint
+from perkunas_ray.stream.build import run_name
 from perkunas_ray.stream.session import resolve_paths
 from tests.stream_helpers import small_config, small_data_dir, train_with_ray
 
@@ -36,8 +36,7 @@ def test_compute_actor_death_is_reported_and_durable_checkpoint_survives(tmp_pat
         deadline = time.time() + 240
         while time.time() < deadline and not [s for s in durable.list_checkpoints() if s >= 2]:
             time.sleep(0.1)
-        durable_path = resolve_paths(cfg).durable
-        name = f"{Path(durable_path).name}-{abs(hash(durable_path)) % 10**6}"
+        name = run_name(resolve_paths(cfg).durable)
         ray.kill(ray.get_actor(f"perkunas:{name}:compute", namespace="perkunas"))
         thread.join(timeout=120)
         assert not thread.is_alive()
