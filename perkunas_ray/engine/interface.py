@@ -49,6 +49,7 @@ class SamplingParams:
     stop_token_ids: list[int] = dataclasses.field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None = off; k >= 0 = the sampled token's logprob plus the top k
+    prompt_logprobs: int | None = None  # None = off; k >= 0 = each prompt token's logprob plus the top k
     n: int = 1
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class SamplingParams:
         check(isinstance(self.ignore_eos, bool), f"{prefix}.ignore_eos", "true or false", self.ignore_eos)
         check(self.logprobs is None or (is_int(self.logprobs) and 0 <= self.logprobs <= 20), f"{prefix}.logprobs",
               "None or an integer in [0, 20]", self.logprobs)
+        check(self.prompt_logprobs is None or (is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
+              f"{prefix}.prompt_logprobs", "None or an integer in [0, 20]", self.prompt_logprobs)
         check(is_int(self.n) and self.n >= 1, f"{prefix}.n", "an integer >= 1", self.n)
         return self
 
@@ -140,6 +143,9 @@ class RequestOutput:
     num_cached_tokens: int
     outputs: list[CompletionOutput]
     finished: bool
+    # With params.prompt_logprobs: per prompt token {token_id: logprob} of it plus the top k, None for the first
+    # (nothing predicts it). Raw model log-probs, as for outputs. Only the first output of a stream carries them.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
 
 @dataclasses.dataclass

@@ -35,8 +35,11 @@ class KVCacheManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
         """Leading blocks of `request` whose KV already exists, and how many tokens they cover.
 
-        At least one token is always left to compute: its logits give the next token.
+        At least one token is always left to compute: its logits give the next token. A request that wants
+        its prompt's log-probs gets no hit (vLLM does the same): they need the logits of every prompt position.
         """
+        if request.params.prompt_logprobs is not None and request.index == 0:
+            return [], 0
         max_blocks = (request.num_tokens - 1) // self.block_size
         if self.enable_prefix_caching:
             block_ids: list[int] = []

@@ -214,13 +214,16 @@ class NativeEngine:
                 return
             self.num_steps += 1
             try:
-                logits = self.runner.execute(scheduled)
+                logits, prompt_logprobs = self.runner.execute(scheduled)
             except Exception as exc:  # noqa: BLE001 - the batch's requests fail, the engine lives on
                 # Their blocks may be registered under hashes whose KV was never written: forget them.
                 self.kv_manager.reset_prefix_cache()
                 for item in scheduled.scheduled:
                     self._fail(item.request.group_id, exc)
                 return
+            for chunk in prompt_logprobs:
+                if (owner := self._states.get(chunk.request.group_id)) is not None:
+                    self.output_processor.add_prompt_logprobs(owner, chunk.first_position, chunk.entries)
             requests = [item.request for item in scheduled.scheduled if item.samples]
             sampled = self.sampler(logits, requests)
             self.scheduler.update_from_output(scheduled)

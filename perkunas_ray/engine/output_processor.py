@@ -34,6 +34,12 @@ class RequestState:
     sequences: list[SequenceState]
     sink: Any = None  # (event loop, asyncio.Queue) for stream(); None for generate()
     final_output: RequestOutput | None = None
+    prompt_logprobs: list[dict[int, float] | None] | None = None  # with params.prompt_logprobs; [0] stays None
+    prompt_logprobs_sent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
 
     @property
     def finished(self) -> bool:
@@ -92,6 +98,12 @@ class OutputProcessor:
         seq.text, seq.stop_reason = seq.text[:idx], stop
         return True
 
+    @staticmethod
+    def add_prompt_logprobs(state: RequestState, first_position: int, entries: list[dict[int, float]]) -> None:
+        """Record the entries of prompt positions first_position.. (a recompute after preemption rewrites them)."""
+        if state.prompt_logprobs is not None:
+            state.prompt_logprobs[first_position:first_position + len(entries)] = entries
+
     def abort(self, seq: SequenceState) -> None:
         seq.finish_reason = RequestStatus.FINISHED_ABORTED.value
         seq.text = self.detokenize(seq)
@@ -118,6 +130,10 @@ class OutputProcessor:
             seq.num_emitted_tokens = len(token_ids)
             seq.num_emitted_chars += len(delta_text)
         first = state.sequences[0].request
+        # The prompt's log-probs are whole once the first token is sampled: they go out once, with the first output.
+        prompt_logprobs = None
+        if state.prompt_logprobs is not None and not state.prompt_logprobs_sent:
+            prompt_logprobs, state.prompt_logprobs_sent = list(state.prompt_logprobs), True
         return RequestOutput(request_id=state.request_id, prompt_token_ids=list(state.prompt_token_ids),
                              num_cached_tokens=max(first.num_cached_tokens, 0), outputs=outputs,
-                             finished=state.finished)
+                             finished=state.finished, prompt_logprobs=prompt_logprobs)

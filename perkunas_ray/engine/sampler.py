@@ -9,6 +9,7 @@ import dataclasses
 import torch
 
 from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.request import Request
 
 # Temperatures below this sample greedily (vLLM's rule): dividing by them overflows the logits.
@@ -87,14 +88,9 @@ class Sampler:
         logprobs: list[dict[int, float] | None] = [None] * len(requests)
         if raw_logprobs is not None:
             for lp, row in zip(raw_logprobs, wanted, strict=True):
-                if row in errors:
-                    continue
-                k = requests[row].params.logprobs or 0
-                entry = {token_ids[row]: float(lp[token_ids[row]])}
-                if k:
-                    top = torch.topk(lp, min(k, lp.shape[-1]))
-                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-                logprobs[row] = entry
+                if row not in errors:
+                    k = requests[row].params.logprobs or 0
+                    logprobs[row] = logprob_entries(lp[None], [token_ids[row]], k)[0]
         return SamplerOutput(token_ids, logprobs, errors)
 
     def sample_row(self, logits: torch.Tensor, request: Request) -> int:

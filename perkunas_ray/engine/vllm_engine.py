@@ -57,7 +57,7 @@ def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
             "top_k": params.top_k if params.top_k > 0 else -1, "top_p": params.top_p, "min_p": params.min_p,
             "repetition_penalty": params.repetition_penalty, "seed": params.seed, "stop": list(params.stop),
             "stop_token_ids": list(params.stop_token_ids), "ignore_eos": params.ignore_eos,
-            "logprobs": params.logprobs}
+            "logprobs": params.logprobs, "prompt_logprobs": params.prompt_logprobs}
 
 
 class VLLMEngine:
@@ -123,9 +123,12 @@ class VLLMEngine:
                         index=c.index, token_ids=list(tokens[c.index]), text=texts[c.index],
                         finish_reason=c.finish_reason, logprobs=logprobs.get(c.index),
                         delta_token_ids=list(c.token_ids), delta_text=c.text, stop_reason=c.stop_reason))
+                prompt_logprobs = None if out.prompt_logprobs is None else [
+                    None if step is None else {tid: lp.logprob for tid, lp in step.items()}
+                    for step in out.prompt_logprobs]
                 sink(RequestOutput(request_id=request_id, prompt_token_ids=list(out.prompt_token_ids or []),
                                    num_cached_tokens=int(out.num_cached_tokens or 0), outputs=outputs,
-                                   finished=out.finished))
+                                   finished=out.finished, prompt_logprobs=prompt_logprobs))
         except BaseException as exc:  # cancellation included: the caller went away
             sink(exc)
             raise

@@ -31,6 +31,7 @@ class ChoiceDelta:
     text: str
     num_tokens: int  # generated so far, this delta included
     finish_reason: str | None  # None while running; then stop | length | abort
+    logprobs: list[dict[int, float]] | None = None  # per token of `token_ids`, with SamplingParams.logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +43,15 @@ class OutputDelta:
     num_prompt_tokens: int
     num_cached_tokens: int
     finished: bool
+    prompt_logprobs: list[dict[int, float] | None] | None = None  # in the first delta, when asked for
 
     @classmethod
     def from_output(cls, out: RequestOutput) -> OutputDelta:
-        choices = [ChoiceDelta(c.index, list(c.delta_token_ids), c.delta_text, len(c.token_ids), c.finish_reason)
+        choices = [ChoiceDelta(c.index, list(c.delta_token_ids), c.delta_text, len(c.token_ids), c.finish_reason,
+                               None if c.logprobs is None else c.logprobs[len(c.token_ids) - len(c.delta_token_ids):])
                    for c in out.outputs]
-        return cls(out.request_id, choices, len(out.prompt_token_ids), int(out.num_cached_tokens), out.finished)
+        return cls(out.request_id, choices, len(out.prompt_token_ids), int(out.num_cached_tokens), out.finished,
+                   out.prompt_logprobs)
 
     @property
     def has_tokens(self) -> bool:
