@@ -6,12 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.api import create_app
 from perkunas_ray.kvserve.auth import TokenAuth, resolve_tokens
 from perkunas_ray.kvserve.backend import Backend
-from perkunas_ray.kvserve.errors import APIError
+from perkunas_ray.kvserve.errors import APIError, overloaded, unavailable
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.registry import Registry
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
@@ -29,6 +32,19 @@ def _user_error(exc: BaseException) -> PerkunasError | None:
         if seen is None:
             return None
     return None
+
+
+def _api_error(exc: Exception, retry_after_s: float) -> Exception:
+    """What the client hears of an engine call's failure: its own mistake (400), a full queue (503 with
+    Retry-After), a replica gone (503), else the failure itself (a 500 that names only an error id)."""
+    user_error = _user_error(exc)
+    if user_error is not None:
+        return APIError(400, str(user_error))
+    if isinstance(exc, BackPressureError):
+        return overloaded(exc.retry_after_s if exc.retry_after_s is not None else retry_after_s)
+    if isinstance(exc, RayActorError):  # ActorDiedError, ActorUnavailableError: the replica went away
+        return unavailable("the engine replica serving this request stopped; retry the request")
+    return exc
 
 
 class ServeBackend(Backend):
@@ -49,10 +65,7 @@ class ServeBackend(Backend):
             async for delta in gen:
                 yield delta
         except Exception as exc:
-            user_error = _user_error(exc)
-            if user_error is not None:
-                raise APIError(400, str(user_error)) from None
-            raise
+            raise _api_error(exc, self.registry.models[model_id].retry_after_s) from exc
         finally:
             # A dropped client cancels us: cancel the engine call, whose replica then aborts the request.
             gen.cancel()

@@ -19,8 +19,9 @@ from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.auth import TokenAuth
 from perkunas_ray.kvserve.backend import Backend
 from perkunas_ray.kvserve.body import validation_message
-from perkunas_ray.kvserve.errors import APIError, error_body
+from perkunas_ray.kvserve.errors import APIError, error_body, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
+from perkunas_ray.kvserve.rate_limit import RateLimiter
 from perkunas_ray.kvserve.routes import AppState, router
 
 logger = logging.getLogger("perkunas.kvserve")
@@ -30,9 +31,10 @@ PLAYGROUND = Path(__file__).with_name("playground")
 def create_app(backend: Backend, auth: TokenAuth, *, max_body_bytes: int = 1 << 20,
                metrics: RequestMetrics | None = None) -> FastAPI:
     metrics = metrics or RequestMetrics(enabled=False)
-    app = FastAPI(title="perkunas kvserve", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI schema is served (clients and the fuzz tests read it); the interactive docs stay off.
+    app = FastAPI(title="perkunas kvserve", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     logger.info("kvserve: %s", auth.describe())
-    app.state.kvserve = AppState(backend, auth, metrics, max_body_bytes)
+    app.state.kvserve = AppState(backend, auth, metrics, max_body_bytes, RateLimiter(backend.registry.limits))
     _add_error_handlers(app, metrics)
 
     @app.get("/health")
@@ -54,14 +56,19 @@ def _add_playground(app: FastAPI) -> None:
         return FileResponse(PLAYGROUND / "index.html")
 
 
+def route_label(request: Request) -> str:
+    """The matched route's template (`/v1/models/{model_id}`), never the raw path: metric series stay bounded."""
+    return getattr(request.scope.get("route"), "path_format", None) or "unmatched"
+
+
 def _add_error_handlers(app: FastAPI, metrics: RequestMetrics) -> None:
-    def reply(request: Request, status: int, body: dict) -> JSONResponse:
-        metrics.request(request.url.path, status)
-        return JSONResponse(body, status_code=status)
+    def reply(request: Request, status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.request(route_label(request), status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return reply(request, exc.status_code, exc.body())
+        return reply(request, exc.status_code, exc.body(), exc.headers)
 
     @app.exception_handler(PerkunasError)
     async def _user_error(request: Request, exc: PerkunasError) -> JSONResponse:
@@ -79,5 +86,7 @@ def _add_error_handlers(app: FastAPI, metrics: RequestMetrics) -> None:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("kvserve: internal error on %s", request.url.path)
-        return reply(request, 500, error_body(f"internal error: {type(exc).__name__}: {exc}", "internal_error"))
+        error = internal_error(new_error_id())
+        logger.error("kvserve: internal error %s on %s", error.headers["X-Request-Id"], route_label(request),
+                     exc_info=exc)
+        return reply(request, 500, error.body(), error.headers)

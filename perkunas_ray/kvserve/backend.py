@@ -11,8 +11,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from perkunas_ray.chat_template import render_chat
+from tokenizers import Tokenizer
+
 from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.kvserve.chat_input import ChatEncoder, split_rendered
 from perkunas_ray.kvserve.errors import APIError, model_not_found
 from perkunas_ray.kvserve.registry import Registry
 from perkunas_ray.kvserve.service import EngineService
@@ -23,13 +25,12 @@ class ModelFrontend:
     """The ingress-side view of one model: its tokenizer, context limit and chat template."""
 
     def __init__(self, info: ModelInfo) -> None:
-        from tokenizers import Tokenizer
-
         self.model_id = info.model_id
         self.max_model_len = info.max_model_len
         self.chat_template = info.chat_template
         self.vocab_size = info.vocab_size
         self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
+        self.chat_encoder = ChatEncoder(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)
@@ -37,11 +38,13 @@ class ModelFrontend:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """The chat's prompt token ids; message content is encoded as text (see chat_input)."""
         try:
-            return render_chat(messages, add_generation_prompt, self.chat_template)
+            pieces = split_rendered(messages, add_generation_prompt, self.chat_template)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's fault (its messages)
             raise APIError(400, f"cannot render the chat template: {exc}", param="messages") from None
+        return self.chat_encoder.encode(pieces)
 
 
 class Backend:
@@ -62,7 +65,7 @@ class Backend:
             raise model_not_found(model_id)
         frontend = self._frontends.get(model_id)
         return {"id": model_id, "object": "model", "created": self.created, "owned_by": "perkunas",
-                "root": spec.source, "parent": None, "engine": spec.engine,
+                "root": model_id, "parent": None, "engine": spec.engine,  # never the source path
                 "max_model_len": frontend.max_model_len if frontend else spec.max_model_len,
                 "kv_policy": spec.policy_dict(),
                 "replicas": spec.autoscaling_config or spec.num_replicas}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.backend import ModelFrontend
 from perkunas_ray.kvserve.errors import bad_request, context_length_exceeded
-from perkunas_ray.kvserve.protocol import ChatCompletionRequest, CompletionRequest
+from perkunas_ray.kvserve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from perkunas_ray.kvserve.registry import RequestLimits
 
 
 def completion_prompt(req: CompletionRequest, frontend: ModelFrontend) -> tuple[list[int], str | None]:
@@ -27,10 +29,13 @@ def completion_prompt(req: CompletionRequest, frontend: ModelFrontend) -> tuple[
     return token_ids, text
 
 
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template reads them."""
+    return [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in messages]
+
+
 def chat_prompt(req: ChatCompletionRequest, frontend: ModelFrontend) -> list[int]:
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                for m in req.messages]
-    token_ids = frontend.encode(frontend.render_chat(messages, req.add_generation_prompt))
+    token_ids = frontend.encode_chat(chat_messages(req.messages), req.add_generation_prompt)
     check_token_ids(token_ids, frontend, "messages")
     return token_ids
 
@@ -43,11 +48,28 @@ def check_token_ids(token_ids: list[int], frontend: ModelFrontend, param: str) -
         raise bad_request(f"token id {bad[0]} is out of range [0, {frontend.vocab_size})", param=param)
 
 
+def check_limits(req: CompletionRequest | ChatCompletionRequest, stop: list[str], max_tokens: int,
+                 limits: RequestLimits) -> None:
+    """The registry's bounds on one request (what it may cost the engine); 400 naming the limit."""
+    def over(value: int, limit: int, what: str, param: str, name: str) -> None:
+        if value > limit:
+            raise bad_request(f"{what} is {value}; this server allows at most {limit} (limits.{name})", param=param,
+                              code="limit_exceeded")
+
+    over(req.n, limits.max_n, "n", "n", "max_n")
+    over(len(stop), limits.max_stop, "the number of stop strings", "stop", "max_stop")
+    over(max((len(s) for s in stop), default=0), limits.max_stop_chars, "the longest stop string's length", "stop",
+         "max_stop_chars")
+    over(len(req.stop_token_ids or []), limits.max_stop_token_ids, "the number of stop_token_ids", "stop_token_ids",
+         "max_stop_token_ids")
+    over(req.n * max_tokens, limits.max_total_tokens, "n x max_tokens", "max_tokens", "max_total_tokens")
+
+
 _FIELD = re.compile(r"^sampling\.(\w+) ")
 
 
 def sampling_params(req: CompletionRequest | ChatCompletionRequest, frontend: ModelFrontend, num_prompt: int,
-                    max_tokens: int | None) -> SamplingParams:
+                    max_tokens: int | None, limits: RequestLimits) -> SamplingParams:
     """The request's SamplingParams (checked as they are made); 400 on a bad value, naming the field."""
     limit = frontend.max_model_len
     param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
@@ -63,6 +85,7 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, frontend: Mo
         if getattr(req, name):
             raise bad_request(f"{name} is not supported (use repetition_penalty)", param=name)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    check_limits(req, stop, max_tokens, limits)
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,

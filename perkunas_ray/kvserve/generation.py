@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,10 +12,12 @@ from fastapi.responses import StreamingResponse
 
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.kvserve.backend import Backend
-from perkunas_ray.kvserve.errors import APIError
+from perkunas_ray.kvserve.errors import APIError, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.replies import DONE, Accumulator, Reply, sse
 from perkunas_ray.kvserve.wire import OutputDelta
+
+logger = logging.getLogger("perkunas.kvserve")
 
 
 class _Timer:
@@ -103,6 +106,12 @@ async def _sse(reply: Reply, first: OutputDelta | None, deltas: AsyncIterator[Ou
         yield DONE
     except APIError as exc:
         yield sse(exc.body())
+        yield DONE
+    except Exception as exc:  # noqa: BLE001 - e.g. the engine replica died: the client gets an ending, not a cut
+        error = internal_error(new_error_id())
+        logger.error("kvserve: stream %s failed (error id %s)", reply.request_id, error.headers["X-Request-Id"],
+                     exc_info=exc)
+        yield sse(error.body())
         yield DONE
     finally:
         await _close(deltas)

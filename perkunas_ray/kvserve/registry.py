@@ -11,6 +11,7 @@ models:
     kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}
 router: {policy: kv, imbalance_threshold: 4}
 ingress: {num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
+limits: {max_n: 16, max_stop: 16, max_total_tokens: 65536, requests_per_minute: 0}
 ```
 It also holds every Ray Serve option of the deployments (replicas, resources, concurrency, health checks;
 see `serve_options`). No torch or ray import here: the CLI and the app builder read it cheaply.
@@ -31,7 +32,7 @@ ENGINES = ("native", "vllm")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 ROUTER_POLICIES = ("kv", "pow2")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-TOP_LEVEL_KEYS = ("models", "router", "ingress", "api_tokens", "max_body_bytes")
+TOP_LEVEL_KEYS = ("models", "router", "ingress", "limits", "api_tokens", "max_body_bytes")
 # What `serve run` / `serve deploy` may pass to the app builder (deployments.app:build_app).
 APP_ARGS = ("registry", "model_dir", "api_tokens", "router", "imbalance_threshold", "max_body_bytes",
             "ingress_num_cpus")
@@ -54,6 +55,9 @@ class ModelSpec:
     num_replicas: int = 1
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: int = 32
+    # Requests waiting at each caller for a replica slot; past it the API answers 503 with Retry-After.
+    max_queued_requests: int = 64  # -1: unbounded
+    retry_after_s: float = 1.0
     num_cpus: float = 1.0
     num_gpus: float | None = None  # None: 1 on cuda, else 0
     health_check_period_s: float = 5.0
@@ -87,6 +91,10 @@ class ModelSpec:
               "a mapping (Serve's autoscaling_config)", self.autoscaling_config)
         check(is_int(self.max_ongoing_requests) and self.max_ongoing_requests >= 1, "max_ongoing_requests",
               "an integer >= 1", self.max_ongoing_requests)
+        check(is_int(self.max_queued_requests) and (self.max_queued_requests >= 1 or self.max_queued_requests == -1),
+              "max_queued_requests", "an integer >= 1, or -1 (unbounded)", self.max_queued_requests)
+        check(_is_num(self.retry_after_s) and self.retry_after_s >= 0, "retry_after_s", "a number >= 0",
+              self.retry_after_s)
         check(_is_num(self.num_cpus) and self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
@@ -149,16 +157,38 @@ class IngressConfig:
 
 
 @dataclasses.dataclass
+class RequestLimits:
+    """Bounds on one request, enforced by the ingress (400 naming the limit), and an optional rate limit."""
+
+    max_n: int = 16  # completions per request
+    max_stop: int = 16  # stop strings per request
+    max_stop_chars: int = 256  # characters per stop string
+    max_stop_token_ids: int = 64
+    max_total_tokens: int = 65536  # n x max_tokens: what one request may make the engine generate
+    max_json_depth: int = 32  # nesting of the request body
+    requests_per_minute: int = 0  # per API token and ingress replica; 0: no rate limit; past it: 429
+    burst: int = 0  # requests a token may send at once; 0: requests_per_minute
+
+    def validate(self) -> RequestLimits:
+        for f in dataclasses.fields(self):
+            value, least = getattr(self, f.name), 0 if f.name in ("requests_per_minute", "burst") else 1
+            check(is_int(value) and value >= least, f"limits.{f.name}", f"an integer >= {least}", value)
+        return self
+
+
+@dataclasses.dataclass
 class Registry:
     models: dict[str, ModelSpec]
     router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
     ingress: IngressConfig = dataclasses.field(default_factory=IngressConfig)
+    limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
     api_tokens: Any = None  # "name:token,..." or {name: token}; None: from KV_API_TOKENS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def validate(self) -> Registry:
         self.router.validate()
         self.ingress.validate()
+        self.limits.validate()
         check(is_int(self.max_body_bytes) and self.max_body_bytes >= 1024, "max_body_bytes", "an integer >= 1024",
               self.max_body_bytes)
         return self
@@ -224,6 +254,7 @@ def parse_registry(data: Any, base_dir: Path | None = None, where: str = "regist
     try:
         return Registry(models=models, router=from_dict(RouterConfig, data.get("router") or {}, "router"),
                         ingress=from_dict(IngressConfig, data.get("ingress") or {}, "ingress"),
+                        limits=from_dict(RequestLimits, data.get("limits") or {}, "limits"),
                         api_tokens=data.get("api_tokens"),
                         max_body_bytes=data.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)).validate()
     except ConfigError as exc:

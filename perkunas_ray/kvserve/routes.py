@@ -20,14 +20,23 @@ from perkunas_ray.kvserve.backend import Backend
 from perkunas_ray.kvserve.body import parse, read_json
 from perkunas_ray.kvserve.errors import APIError, unauthorized
 from perkunas_ray.kvserve.generation import generate
+from perkunas_ray.kvserve.logprobs import (
+    chat_num_logprobs,
+    completion_num_logprobs,
+    logprobs_format,
+    with_logprobs,
+)
 from perkunas_ray.kvserve.metrics import RequestMetrics
+from perkunas_ray.kvserve.openapi import request_body
 from perkunas_ray.kvserve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from perkunas_ray.kvserve.replies import ChatReply, CompletionReply
+from perkunas_ray.kvserve.rate_limit import RateLimiter
+from perkunas_ray.kvserve.replies import ChatReply, CompletionReply, Echo
+from perkunas_ray.kvserve.unsupported import check_supported
 
 
 @dataclasses.dataclass
@@ -38,6 +47,7 @@ class AppState:
     auth: TokenAuth
     metrics: RequestMetrics
     max_body_bytes: int
+    rate_limiter: RateLimiter
 
 
 def app_state(request: Request) -> AppState:
@@ -49,15 +59,16 @@ authorization_header = APIKeyHeader(name="Authorization", auto_error=False)
 
 
 async def authorized(state: State, authorization: Annotated[str | None, Security(authorization_header)]) -> str:
-    """The name of the caller's token; 401 when it is missing or unknown."""
+    """The name of the caller's token; 401 when it is missing or unknown, 429 past its rate limit."""
     name = state.auth.check(authorization)
     if name is None:
         raise unauthorized()
+    state.rate_limiter.check(name)
     return name
 
 
 async def json_body(request: Request, state: State) -> dict[str, Any]:
-    return await read_json(request, state.max_body_bytes)
+    return await read_json(request, state.max_body_bytes, state.backend.registry.limits.max_json_depth)
 
 
 JSONBody = Annotated[dict[str, Any], Depends(json_body)]
@@ -77,7 +88,7 @@ async def list_models(state: State) -> dict[str, Any]:
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, state: State) -> dict[str, Any]:
     card = state.backend.model_card(model_id)
-    state.metrics.request("/v1/models/{id}", 200)
+    state.metrics.request("/v1/models/{model_id}", 200)
     return card
 
 
@@ -89,7 +100,7 @@ async def engine_stats(state: State, model: str | None = None) -> dict[str, Any]
     return await state.backend.stats(model)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
 async def tokenize(body: JSONBody, state: State) -> dict[str, Any]:
     req = parse(TokenizeRequest, body)
     frontend = await state.backend.frontend(req.model)
@@ -98,13 +109,12 @@ async def tokenize(body: JSONBody, state: State) -> dict[str, Any]:
     if req.prompt is not None:
         tokens = frontend.encode(req.prompt)
     else:
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages or []]
-        tokens = frontend.encode(frontend.render_chat(messages, req.add_generation_prompt))
+        tokens = frontend.encode_chat(convert.chat_messages(req.messages or []), req.add_generation_prompt)
     state.metrics.request("/tokenize", 200)
     return {"tokens": tokens, "count": len(tokens), "max_model_len": frontend.max_model_len}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
 async def detokenize(body: JSONBody, state: State) -> dict[str, Any]:
     req = parse(DetokenizeRequest, body)
     frontend = await state.backend.frontend(req.model)
@@ -114,27 +124,31 @@ async def detokenize(body: JSONBody, state: State) -> dict[str, Any]:
     return {"prompt": frontend.decode(req.tokens)}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(body: JSONBody, state: State) -> Any:
+    check_supported(body)
     req = parse(CompletionRequest, body)
     frontend = await state.backend.frontend(req.model)
-    if req.logprobs is not None:
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    num_logprobs = completion_num_logprobs(req)
     token_ids, text = convert.completion_prompt(req, frontend)
-    params = convert.sampling_params(req, frontend, len(token_ids), req.max_tokens)
-    echo = (text if text is not None else frontend.decode(token_ids)) if req.echo else None
-    reply = CompletionReply(frontend.model_id, req.n, echo)
+    echo_only = req.echo and req.max_tokens == 0  # the prompt alone, scored (vLLM generates one token, unshown)
+    params = convert.sampling_params(req, frontend, len(token_ids), 1 if echo_only else req.max_tokens,
+                                     state.backend.registry.limits)
+    params = with_logprobs(params, num_logprobs, prompt=req.echo)
+    echo = Echo(text if text is not None else frontend.decode(token_ids), token_ids, echo_only) if req.echo else None
+    reply = CompletionReply(frontend.model_id, req.n, echo, logprobs_format(num_logprobs, frontend))
     return await generate(state.backend, state.metrics, reply, req, token_ids, params)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(body: JSONBody, state: State) -> Any:
+    check_supported(body)
     req = parse(ChatCompletionRequest, body)
     frontend = await state.backend.frontend(req.model)
-    if req.logprobs or req.top_logprobs:
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    num_logprobs = chat_num_logprobs(req)
     token_ids = convert.chat_prompt(req, frontend)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    params = convert.sampling_params(req, frontend, len(token_ids), max_tokens)
-    reply = ChatReply(frontend.model_id, req.n)
+    params = convert.sampling_params(req, frontend, len(token_ids), max_tokens, state.backend.registry.limits)
+    params = with_logprobs(params, num_logprobs)
+    reply = ChatReply(frontend.model_id, req.n, logprobs_format(num_logprobs, frontend))
     return await generate(state.backend, state.metrics, reply, req, token_ids, params)
