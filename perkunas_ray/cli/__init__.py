@@ -11,7 +11,7 @@ from perkunas_ray.errors import PerkunasError
 
 # Sub-modules of perkunas_ray.cli, in help order. Each defines register(subparsers) and sets func.
 SUBCOMMAND_MODULES = (
-    "prepare", "model_info", "train_reference", "train", "validate", "export", "generate", "chat",
+    "prepare", "model_info", "plan", "train_reference", "train", "sft", "validate", "export", "generate", "chat",
     "eval", "serve", "bench", "report", "dashboards",
 )
 
