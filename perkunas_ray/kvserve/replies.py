@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
 from typing import Any
 
+from perkunas_ray.kvserve.logprobs import Entry, LogprobsFormat
 from perkunas_ray.kvserve.wire import ChoiceDelta, OutputDelta
 
 DONE = "data: [DONE]\n\n"
@@ -22,21 +24,28 @@ def usage(num_prompt: int, num_completion: int, num_cached: int) -> dict[str, An
 
 
 class Accumulator:
-    """Collects a request's deltas: per-choice text, token counts and finish reasons, plus prompt stats."""
+    """Collects a request's deltas: per-choice text, tokens, log-probs and finish reasons, plus prompt stats."""
 
     def __init__(self, n: int) -> None:
         self.texts = [""] * n
+        self.token_ids: list[list[int]] = [[] for _ in range(n)]
+        self.logprobs: list[list[Entry]] = [[] for _ in range(n)]
         self.num_tokens = [0] * n
         self.finish_reasons: list[str | None] = [None] * n
         self.num_prompt = 0
         self.num_cached = 0
+        self.prompt_logprobs: list[Entry | None] | None = None
 
     def add(self, delta: OutputDelta) -> None:
         self.num_prompt = delta.num_prompt_tokens
         self.num_cached = delta.num_cached_tokens
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
         for choice in delta.choices:
             i = choice.index
             self.texts[i] += choice.text
+            self.token_ids[i] += choice.token_ids
+            self.logprobs[i] += choice.logprobs or []
             self.num_tokens[i] = choice.num_tokens
             if choice.finish_reason is not None:
                 self.finish_reasons[i] = choice.finish_reason
@@ -68,7 +77,7 @@ class Reply:
                 "choices": choices}
 
     def response(self, acc: Accumulator) -> dict[str, Any]:
-        choices = [self.choice(i, text, acc.finish_reasons[i]) for i, text in enumerate(acc.texts)]
+        choices = [self.choice(i, acc) for i in range(len(acc.texts))]
         return {**self._envelope(self.response_object, choices), "usage": acc.usage()}
 
     def chunks(self, delta: OutputDelta) -> list[dict[str, Any]]:
@@ -77,17 +86,27 @@ class Reply:
         for choice in delta.choices:
             first = not self.started[choice.index]
             self.started[choice.index] = True
-            out.extend(self._envelope(self.chunk_object, [c]) for c in self.choice_chunks(choice, first))
+            out.extend(self._envelope(self.chunk_object, [c]) for c in self.choice_chunks(choice, first, delta))
         return out
 
     def usage_chunk(self, acc: Accumulator) -> dict[str, Any]:
         return {**self._envelope(self.chunk_object, []), "usage": acc.usage()}
 
-    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
+    def choice(self, index: int, acc: Accumulator) -> dict[str, Any]:
         raise NotImplementedError
 
-    def choice_chunks(self, choice: ChoiceDelta, first: bool) -> list[dict[str, Any]]:
+    def choice_chunks(self, choice: ChoiceDelta, first: bool, delta: OutputDelta) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Echo:
+    """The prompt a completions reply repeats before its text (`echo`), and whether it is all of the reply
+    (`max_tokens` 0: the prompt alone, scored, as vLLM answers it)."""
+
+    text: str
+    token_ids: list[int]
+    only: bool = False
 
 
 class CompletionReply(Reply):
@@ -95,18 +114,38 @@ class CompletionReply(Reply):
     id_prefix = "cmpl"
     response_object = chunk_object = "text_completion"
 
-    def __init__(self, model: str, n: int, echo: str | None) -> None:
+    def __init__(self, model: str, n: int, echo: Echo | None, logprobs: LogprobsFormat | None = None) -> None:
         super().__init__(model, n)
-        self.echo = echo or ""
+        self.echo = echo
+        self.logprobs = logprobs
+        self.text_offsets = [0] * n  # per choice: characters of token texts already sent (stream)
 
-    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "text": self.echo + text, "logprobs": None, "finish_reason": reason}
+    def choice(self, index: int, acc: Accumulator) -> dict[str, Any]:
+        return self._choice(index, acc.texts[index], acc.token_ids[index], acc.logprobs[index], acc.prompt_logprobs,
+                            True, acc.finish_reasons[index])
 
-    def choice_chunks(self, choice: ChoiceDelta, first: bool) -> list[dict[str, Any]]:
-        text = self.echo + choice.text if first else choice.text
-        if not text and choice.finish_reason is None:
+    def choice_chunks(self, choice: ChoiceDelta, first: bool, delta: OutputDelta) -> list[dict[str, Any]]:
+        body = self._choice(choice.index, choice.text, choice.token_ids, choice.logprobs or [], delta.prompt_logprobs,
+                            first, choice.finish_reason)
+        if not body["text"] and not (body["logprobs"] and body["logprobs"]["tokens"]) and body["finish_reason"] is None:
             return []
-        return [{"index": choice.index, "text": text, "logprobs": None, "finish_reason": choice.finish_reason}]
+        return [body]
+
+    def _choice(self, index: int, text: str, token_ids: list[int], entries: list[Entry],
+                prompt_entries: list[Entry | None] | None, with_echo: bool, reason: str | None) -> dict[str, Any]:
+        """One choice (whole, or a stream chunk): the echoed prompt first when `with_echo`."""
+        echo = self.echo if with_echo else None
+        if self.echo is not None and self.echo.only:
+            text, token_ids, entries = "", [], []
+        logprobs = None
+        if self.logprobs is not None:
+            if echo is not None:
+                token_ids = echo.token_ids + token_ids
+                entries = list(prompt_entries or [None] * len(echo.token_ids)) + entries
+            logprobs = self.logprobs.completion(token_ids, entries, self.text_offsets[index])
+            self.text_offsets[index] += sum(len(t) for t in logprobs["tokens"])
+        return {"index": index, "text": (echo.text if echo else "") + text, "logprobs": logprobs,
+                "finish_reason": reason}
 
 
 class ChatReply(Reply):
@@ -115,19 +154,29 @@ class ChatReply(Reply):
     response_object = "chat.completion"
     chunk_object = "chat.completion.chunk"
 
-    def choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": reason}
+    def __init__(self, model: str, n: int, logprobs: LogprobsFormat | None = None) -> None:
+        super().__init__(model, n)
+        self.logprobs = logprobs
 
-    def choice_chunks(self, choice: ChoiceDelta, first: bool) -> list[dict[str, Any]]:
+    def choice(self, index: int, acc: Accumulator) -> dict[str, Any]:
+        return {"index": index, "message": {"role": "assistant", "content": acc.texts[index]},
+                "logprobs": self._logprobs(acc.token_ids[index], acc.logprobs[index]),
+                "finish_reason": acc.finish_reasons[index]}
+
+    def choice_chunks(self, choice: ChoiceDelta, first: bool, delta: OutputDelta) -> list[dict[str, Any]]:
         out = []
         if first:
-            out.append(self._delta(choice.index, {"role": "assistant", "content": ""}, None))
-        if choice.text or choice.finish_reason is not None:
+            out.append(self._delta(choice.index, {"role": "assistant", "content": ""}, None, None))
+        # Tokens whose text is held back (a possible stop string) still send their log-probs.
+        if choice.text or choice.finish_reason is not None or (self.logprobs is not None and choice.token_ids):
             out.append(self._delta(choice.index, {"content": choice.text} if choice.text else {},
-                                   choice.finish_reason))
+                                   self._logprobs(choice.token_ids, choice.logprobs or []), choice.finish_reason))
         return out
 
+    def _logprobs(self, token_ids: list[int], entries: list[Entry]) -> dict[str, Any] | None:
+        return None if self.logprobs is None else self.logprobs.chat(token_ids, entries)
+
     @staticmethod
-    def _delta(index: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+    def _delta(index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None,
+               reason: str | None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
