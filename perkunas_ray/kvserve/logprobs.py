@@ -5,8 +5,11 @@ shapes, as vLLM answers them: completions' {tokens, token_logprobs, top_logprobs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from tokenizers import Tokenizer
+from tokenizers.decoders import ByteLevel
 
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.kvserve.backend import ModelFrontend
@@ -40,18 +43,36 @@ def chat_num_logprobs(req: ChatCompletionRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> the byte it stands for (printable bytes stand for themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+BYTE_LEVEL_CHARS = _byte_level_chars()
+
+
 @dataclasses.dataclass
 class LogprobsFormat:
-    """Writes a request's log-prob entries in OpenAI's shapes; `decode` gives a token's text."""
+    """Writes a request's log-prob entries in OpenAI's shapes with the model's tokenizer."""
 
     num_top: int
-    decode: Callable[[list[int]], str]
+    tokenizer: Tokenizer
     _texts: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def text(self, token_id: int) -> str:
         if token_id not in self._texts:
-            self._texts[token_id] = self.decode([token_id])
+            self._texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return self._texts[token_id]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's own bytes: with a byte-level BPE a token may hold part of a character (its text is then
+        U+FFFD), and chat's `bytes` exist so that a client can join such pieces back into the character."""
+        piece = self.tokenizer.id_to_token(token_id)
+        if isinstance(self.tokenizer.decoder, ByteLevel) and piece and all(c in BYTE_LEVEL_CHARS for c in piece):
+            return bytes(BYTE_LEVEL_CHARS[c] for c in piece)
+        return self.text(token_id).encode("utf-8")
 
     def completion(self, token_ids: Sequence[int], entries: Sequence[Entry | None],
                    text_offset: int = 0) -> dict[str, Any]:
@@ -88,12 +109,11 @@ class LogprobsFormat:
         return {"content": content}
 
     def _chat_token(self, token_id: int, logprob: float) -> dict[str, Any]:
-        text = self.text(token_id)
-        return {"token": text, "logprob": max(logprob, FLOOR), "bytes": list(text.encode("utf-8"))}
+        return {"token": self.text(token_id), "logprob": max(logprob, FLOOR), "bytes": list(self.token_bytes(token_id))}
 
 
 def logprobs_format(num_top: int | None, frontend: ModelFrontend) -> LogprobsFormat | None:
-    return None if num_top is None else LogprobsFormat(num_top, frontend.decode)
+    return None if num_top is None else LogprobsFormat(num_top, frontend.tokenizer)
 
 
 def with_logprobs(params: SamplingParams, num_top: int | None, prompt: bool = False) -> SamplingParams:

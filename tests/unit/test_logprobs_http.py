@@ -125,10 +125,10 @@ def test_chat_logprobs_and_top_logprobs(served: Any) -> None:
     content = out["choices"][0]["logprobs"]["content"]
     assert len(content) == out["usage"]["completion_tokens"]
     for item in content:
-        assert item["bytes"] == list(item["token"].encode("utf-8"))
         tops = [t["logprob"] for t in item["top_logprobs"]]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True) and item["logprob"] == tops[0]  # greedy
-    assert "".join(i["token"] for i in content).startswith(out["choices"][0]["message"]["content"])
+    joined = b"".join(bytes(i["bytes"]) for i in content).decode("utf-8", errors="replace")
+    assert joined.startswith(out["choices"][0]["message"]["content"])
     chunks = stream_events(client.post("/v1/chat/completions", headers=H, json={**body, "stream": True}).iter_lines())
     streamed = [i for c in chunks for ch in c["choices"] if ch["logprobs"] for i in ch["logprobs"]["content"]]
     assert streamed == content
@@ -138,6 +138,19 @@ def test_chat_logprobs_and_top_logprobs(served: Any) -> None:
                       json={**body, "logprobs": False, "top_logprobs": None}).json()
     assert off["choices"][0]["logprobs"] is None
     assert math.isfinite(content[0]["logprob"])
+
+
+def test_chat_bytes_rebuild_characters_split_across_tokens() -> None:
+    """A byte-level BPE splits 日 into three one-byte tokens: each token's text is U+FFFD, its bytes are its own."""
+    from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
+    from perkunas_ray.kvserve.logprobs import LogprobsFormat
+
+    tokenizer = toy_tokenizer(sample_lines(50), vocab_size=300)
+    ids = tokenizer.encode("日本 café").ids
+    content = LogprobsFormat(1, tokenizer).chat(ids, [{i: -1.0} for i in ids])["content"]
+    assert content[0]["token"] == "\ufffd" and len(content[0]["bytes"]) == 1
+    assert b"".join(bytes(item["bytes"]) for item in content).decode("utf-8") == "日本 café"
+    assert [item["top_logprobs"][0]["bytes"] for item in content] == [item["bytes"] for item in content]
 
 
 @pytest.mark.parametrize(("route", "extra", "param"), [
