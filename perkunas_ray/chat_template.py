@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,12 @@ ROLES = ("system", "user", "assistant")
 def render_chat(messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
                 template: str = CHAT_TEMPLATE) -> str:
     """Render messages with a Jinja chat template (sandboxed, as transformers does)."""
+    return _compiled(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> Any:
+    """Compiled once per template: SFT renders every record's turns, and compiling dominates a render."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)

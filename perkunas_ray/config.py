@@ -264,11 +264,14 @@ class CheckpointConfig:
     active_run_dir: str = ""  # empty: RUN/active for a local run dir, a local temp dir for a URI
     durable_flush_every: int = 50
     keep_last_checkpoints: int = 2
+    parent_run_dir: str = ""  # fine-tuning (perkunas sft): the run whose weights step 0 starts from
+    parent_step: int = -1  # that run's checkpoint step; -1: its newest complete one
 
     def validate(self, prefix: str = "checkpoint") -> CheckpointConfig:
         check(self.durable_flush_every >= 0, f"{prefix}.durable_flush_every", ">= 0", self.durable_flush_every)
         check(self.keep_last_checkpoints >= 1, f"{prefix}.keep_last_checkpoints", ">= 1",
                self.keep_last_checkpoints)
+        check(self.parent_step >= -1, f"{prefix}.parent_step", ">= 0, or -1 for the newest", self.parent_step)
         return self
 
 

@@ -6,7 +6,8 @@ import numpy as np
 
 from perkunas_ray.errors import DataError
 
-SUPPORTED_TOKEN_DTYPES = ("uint16", "uint32")
+# int32: SFT blocks, whose negative values mark untrained targets (see stream/batch.py)
+SUPPORTED_TOKEN_DTYPES = ("uint16", "uint32", "int32")
 
 
 def choose_token_dtype(vocab_size: int) -> np.dtype:

@@ -25,8 +25,9 @@ def validation_text_size(data: PackedTokenDataset, micro_batch_size: int, max_ba
     num_tokens = num_bytes = 0
     for batch in iter_eval_batches(data, micro_batch_size, max_batches):
         for row in batch:
-            num_tokens += len(row) - 1
-            num_bytes += num_text_bytes(tokenizer, row[1:])
+            trained = row[1:][row[1:] >= 0]  # SFT blocks mark untrained targets negative (stream/batch.py)
+            num_tokens += len(trained)
+            num_bytes += num_text_bytes(tokenizer, trained)
     return num_tokens, num_bytes
 
 

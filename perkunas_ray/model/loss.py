@@ -13,6 +13,11 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 
 
+def count_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Number of labelled positions (targets other than IGNORE_INDEX)."""
+    return (targets != IGNORE_INDEX).sum()
+
+
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = (hidden @ weight.t()).float()  # (chunk, vocab), fp32 for a stable softmax
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -26,7 +31,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
-    num_targets = (t != IGNORE_INDEX).sum().clamp(min=1)
+    num_targets = count_targets(t).clamp(min=1)
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, h.shape[0], chunk_tokens):
         hc, tc = h[start:start + chunk_tokens], t[start:start + chunk_tokens]

@@ -31,7 +31,7 @@ from perkunas_ray.device import resolve_device
 from perkunas_ray.model.decoder import DecoderLM, build_model
 from perkunas_ray.model.shards import shard_parameter_shapes, stream_shard_specs
 from perkunas_ray.run_setup import check_run_dir_matches, open_datasets, rss_bytes, seed_run_dir
-from perkunas_ray.stream.batch import autocast_context, split_batch
+from perkunas_ray.stream.batch import autocast_context, micro_batch_weights, split_batch
 from perkunas_ray.stream.interface import TrainResult
 from perkunas_ray.stream.optimizers import (
     build_optimizer,
@@ -40,6 +40,7 @@ from perkunas_ray.stream.optimizers import (
     set_lr,
 )
 from perkunas_ray.stream.schedules import lr_at
+from perkunas_ray.stream.session import parent_checkpoint
 from perkunas_ray.telemetry.schema import TRAIN_LOG, TRAINER_STATE, JsonlLog, truncate_log_after
 
 
@@ -85,6 +86,9 @@ class ReferenceTrainer:
     # ---- checkpoints -------------------------------------------------------------------------------
     def _resume_if_possible(self) -> None:
         if not list_checkpoints(self.run_dir):
+            if self.cfg.checkpoint.parent_run_dir:  # fine-tuning: the parent's weights, a fresh optimizer
+                parent = parent_checkpoint(self.cfg, self.train_data)
+                self.model.load_state_dict(load_model_state(parent), strict=False)
             return
         ckpt = latest_checkpoint(self.run_dir)  # the newest that verifies (a corrupt newest one is skipped, with a warning)
         self.model.load_state_dict(load_model_state(ckpt), strict=False)
@@ -138,10 +142,13 @@ class ReferenceTrainer:
         set_lr(self.optimizer, lr)
         loss_sum = 0.0
         forward_backward = time.perf_counter()
-        for _ in range(t.gradient_accumulation_steps):
-            x, y = split_batch(self.cursor.next_batch(), self.device)
+        # The step's blocks are drawn first: each micro-batch's loss is weighted by its share of the step's
+        # trained tokens, as in the streamed step, so accumulation is exact for SFT's uneven counts too.
+        micro = [split_batch(self.cursor.next_batch(), self.device) for _ in range(t.gradient_accumulation_steps)]
+        weights = micro_batch_weights([y for _, y in micro])
+        for (x, y), weight in zip(micro, weights, strict=True):
             with autocast_context(self.device, t.dtype):
-                loss = self.model(x, y) / t.gradient_accumulation_steps
+                loss = self.model(x, y) * weight
             self.scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
             self.tokens_seen += x.numel()

@@ -1,19 +1,46 @@
-"""A token block as every trainer's step sees it: inputs and targets, run under the compute dtype's autocast."""
+"""A token block as every trainer's step sees it: inputs and targets (with the label mask), run under autocast.
+
+Label mask encoding: a block is one integer array, so the object store, the batch cursor and resume carry
+SFT data with no change. A position whose token must not be learned as a target (a prompt token, padding)
+holds the negative number -(id + 1); its input id is recovered from it and its target becomes IGNORE_INDEX.
+Pretraining data (unsigned ids, all non-negative) is every token trained, as before.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from perkunas_ray.device import torch_dtype
+from perkunas_ray.model.loss import IGNORE_INDEX, count_targets
+
+
+def mask_untrained(ids: np.ndarray, trained: np.ndarray) -> np.ndarray:
+    """int32 block values: ids where `trained`, -(id + 1) elsewhere (the inverse of split_batch's decoding)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where(np.asarray(trained, dtype=bool), ids, -ids - 1).astype(np.int32)
 
 
 def split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T+1) token block -> inputs (B, T), targets (B, T)."""
+    """(B, T+1) token block -> inputs (B, T), targets (B, T); untrained targets are IGNORE_INDEX."""
     tokens = torch.as_tensor(batch, dtype=torch.long, device=device)
-    return tokens[:, :-1], tokens[:, 1:]
+    untrained = tokens < 0
+    ids = torch.where(untrained, -tokens - 1, tokens)
+    targets = torch.where(untrained[:, 1:], IGNORE_INDEX, ids[:, 1:])
+    return ids[:, :-1], targets
+
+
+def micro_batch_weights(targets: Sequence[torch.Tensor]) -> list[float]:
+    """Each micro-batch's share of the step's trained tokens: a micro-batch's mean loss times its weight,
+    summed over the step, is the step's sum of token losses over its trained tokens, so accumulation is
+    exact when micro-batches train different numbers of tokens (SFT). Equal counts give 1/M each."""
+    counts = [int(count_targets(t)) for t in targets]
+    total = sum(counts)
+    return [c / total if total else 0.0 for c in counts]
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:

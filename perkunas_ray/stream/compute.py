@@ -21,7 +21,7 @@ from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes, stream_shard_specs
 from perkunas_ray.run_setup import rss_bytes
-from perkunas_ray.stream.batch import autocast_context, split_batch
+from perkunas_ray.stream.batch import autocast_context, micro_batch_weights, split_batch
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
 from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
@@ -108,7 +108,8 @@ class StreamCompute:
 
     # ---- the step ------------------------------------------------------------------------------------
     def train_step(self, batch: np.ndarray, loader: Loader, grad_sink: GradSink, plan: UpdatePlan) -> StepStats:
-        """batch: (M, B, T+1) token blocks of one optimizer step. Returns loss (mean over micro-batches)."""
+        """batch: (M, B, T+1) token blocks of one optimizer step. Returns the loss: the sum of token losses over
+        every micro-batch / the step's number of trained tokens."""
         dtype = self.cfg.train.dtype
         num_micro = batch.shape[0]
         batch = np.array(batch)  # an object-store batch is read-only; torch wants writable memory
@@ -133,7 +134,7 @@ class StreamCompute:
                     stager.release(index)
             stats.forward_s = time.perf_counter() - start
             start = time.perf_counter()
-            self._backward(stats, xs, ys, traces, stager, grad_sink, plan)
+            self._backward(stats, xs, ys, micro_batch_weights(ys), traces, stager, grad_sink, plan)
             stats.backward_s = time.perf_counter() - start
         finally:
             stager.close()
@@ -146,8 +147,8 @@ class StreamCompute:
         stats.rss_bytes = rss_bytes()
         return stats
 
-    def _backward(self, stats: StepStats, xs: tuple, ys: tuple, traces: TraceStore, stager: ShardStager,
-                  grad_sink: GradSink, plan: UpdatePlan) -> None:
+    def _backward(self, stats: StepStats, xs: tuple, ys: tuple, weights: list[float], traces: TraceStore,
+                  stager: ShardStager, grad_sink: GradSink, plan: UpdatePlan) -> None:
         num_micro = len(xs)
         nfwd = len(self.specs) - 1
         inv_scale = None if plan.loss_scale == 1.0 else \
@@ -175,7 +176,7 @@ class StreamCompute:
                     out = self._run_shard(index, leaves, inp, ys[m] if spec.kind == "head" else None)
                 self.activation_peak = max(self.activation_peak or 0, sum(counted))
                 if spec.kind == "head":
-                    loss = out / num_micro
+                    loss = out * weights[m]  # mean over its trained tokens -> its share of the step's sum
                     (loss if plan.loss_scale == 1.0 else loss * plan.loss_scale).backward()
                     loss_total += float(loss.detach())
                 else:

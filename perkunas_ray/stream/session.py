@@ -15,10 +15,14 @@ from perkunas_ray.checkpoint.format import (
     CHECKPOINTS,
     checkpoint_dir_name,
     encode_rng,
+    latest_checkpoint,
+    list_checkpoints,
     load_run_config,
+    load_shard,
     publish_manifest,
     read_state,
     save_tensors,
+    verify_checkpoint,
     write_json_atomic,
 )
 from perkunas_ray.checkpoint.resume import fetch_latest
@@ -26,7 +30,7 @@ from perkunas_ray.config import RunConfig, to_dict
 from perkunas_ray.data import BatchCursor, PackedTokenDataset
 from perkunas_ray.errors import CheckpointError, ConfigError
 from perkunas_ray.model.shards import stream_shard_specs
-from perkunas_ray.run_setup import seed_run_dir
+from perkunas_ray.run_setup import check_run_dir_matches, seed_run_dir
 from perkunas_ray.stream.store import init_shard
 
 RUN_FILES = ("config.json", "tokenizer.json", "train_log.jsonl", "trainer_state.json")
@@ -71,17 +75,43 @@ def initial_state(cfg: RunConfig, train: PackedTokenDataset) -> dict[str, Any]:
             "trainer": "stream", "loss_scale": None}
 
 
+def parent_checkpoint(cfg: RunConfig, train: PackedTokenDataset) -> Path:
+    """The checkpoint of checkpoint.parent_run_dir a fine-tuning run starts from; a parent_step of -1 is
+    resolved here to the parent's newest complete step, so the run's config records the step it started from.
+    The parent must hold the same model and have read data tokenized alike."""
+    c = cfg.checkpoint
+    parent = DurableDir(c.parent_run_dir).local_path
+    if parent is None:
+        raise ConfigError(f"checkpoint.parent_run_dir must be a local run dir, got {c.parent_run_dir!r}")
+    check_model_matches(cfg, load_run_config(parent), str(parent))
+    check_run_dir_matches(parent, train)
+    if c.parent_step < 0:
+        ckpt = latest_checkpoint(parent)
+        c.parent_step = int(read_state(ckpt)["step"])
+        return ckpt
+    steps = [step for step, _ in list_checkpoints(parent)]
+    if c.parent_step not in steps:
+        raise ConfigError(f"checkpoint.parent_step {c.parent_step}: run dir {parent} has no complete checkpoint "
+                          f"at that step (it has {steps or 'none'})")
+    ckpt = parent / CHECKPOINTS / checkpoint_dir_name(c.parent_step)
+    verify_checkpoint(ckpt)
+    return ckpt
+
+
 def init_run(cfg: RunConfig, paths: RunPaths, train: PackedTokenDataset) -> Path:
-    """--init-shards: config.json, tokenizer.json and checkpoint step 0, each shard initialised on its own."""
+    """--init-shards: config.json, tokenizer.json and checkpoint step 0, each shard initialised on its own,
+    or copied from the parent run's checkpoint (fine-tuning; the optimizer state starts fresh)."""
     durable = DurableDir(paths.durable)
     if durable.list_checkpoints():
         raise ConfigError(f"run dir {paths.durable} already holds checkpoints; refusing to overwrite it "
                           f"(train it with --train, or pick a new --run-dir)")
+    parent = parent_checkpoint(cfg, train) if cfg.checkpoint.parent_run_dir else None
     seed_dir = paths.log_dir
     seed_run_dir(seed_dir, cfg, train)
     ckpt = paths.active / CHECKPOINTS / checkpoint_dir_name(0)
     for spec in stream_shard_specs(cfg.model):
-        save_tensors(ckpt / "shards" / f"{spec.name}.safetensors", init_shard(cfg, spec.name, cfg.train.seed))
+        weights = load_shard(parent, spec.name) if parent else init_shard(cfg, spec.name, cfg.train.seed)
+        save_tensors(ckpt / "shards" / f"{spec.name}.safetensors", weights)
         save_tensors(ckpt / "optim" / f"{spec.name}.safetensors", {})
     write_json_atomic(ckpt / "state.json", initial_state(cfg, train))
     publish_manifest(ckpt, step=0)
