@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -55,23 +56,34 @@ class ServeBackend(Backend):
         self.handles = handles
 
     async def fetch_info(self, model_id: str) -> ModelInfo:
-        return await self.handles[model_id].info.remote()
+        return await self._call(model_id, "info")
+
+    async def _call(self, model_id: str, method: str) -> Any:
+        """A unary engine call, its failure told as the client should hear it (see _api_error)."""
+        try:
+            return await getattr(self.handles[model_id], method).remote()
+        except Exception as exc:
+            raise _api_error(exc, self.registry.models[model_id].retry_after_s) from exc
 
     async def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:
-        gen = self.handles[model_id].options(stream=True).stream.remote(
-            request_id=request_id, prompt_token_ids=prompt_token_ids, params=params)
+        gen = None
         try:
+            gen = self.handles[model_id].options(stream=True).stream.remote(
+                request_id=request_id, prompt_token_ids=prompt_token_ids, params=params)
             async for delta in gen:
                 yield delta
         except Exception as exc:
             raise _api_error(exc, self.registry.models[model_id].retry_after_s) from exc
         finally:
             # A dropped client cancels us: cancel the engine call, whose replica then aborts the request.
-            gen.cancel()
+            # (A call that never started re-raises its own error here: that one is already told above.)
+            if gen is not None:
+                with contextlib.suppress(Exception):
+                    gen.cancel()
 
     async def stats(self, model_id: str) -> dict[str, Any]:
-        return await self.handles[model_id].stats.remote()
+        return await self._call(model_id, "stats")
 
 
 class KVServeIngress:

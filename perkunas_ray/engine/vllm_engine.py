@@ -37,6 +37,7 @@ def vllm_engine_args(model_path: str, policy: KVPolicy, *, max_model_len: int | 
                           f"got {policy.pruning!r}")
     args: dict[str, Any] = {
         "model": model_path, "tokenizer": model_path, "dtype": dtype, "seed": seed,
+        "load_format": "safetensors",  # never unpickle weights a user handed us (.bin / .pt)
         "block_size": policy.block_size, "enable_prefix_caching": policy.enable_prefix_caching,
         "kv_cache_dtype": "fp8" if policy.kv_dtype == "int8" else "auto",
         "gpu_memory_utilization": gpu_memory_utilization, "max_num_seqs": policy.max_num_seqs,
