@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from perkunas_ray.data.tokenizer import END_TOKEN
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.kvserve.chat_input import ChatEncoder, split_rendered
 from perkunas_ray.kvserve.errors import APIError, model_not_found
@@ -30,6 +31,8 @@ class ModelFrontend:
         self.chat_template = info.chat_template
         self.vocab_size = info.vocab_size
         self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
+        end = self.tokenizer.token_to_id(END_TOKEN)
+        self.end_of_turn_ids = [] if end is None else [end]  # a chat reply ends where the template ends a turn
         self.chat_encoder = ChatEncoder(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:

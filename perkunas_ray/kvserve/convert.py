@@ -91,7 +91,8 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, frontend: Mo
             max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
             top_k=0 if req.top_k in (-1, None) else req.top_k, top_p=1.0 if req.top_p is None else req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, seed=req.seed, stop=stop,
-            stop_token_ids=list(req.stop_token_ids or []), ignore_eos=req.ignore_eos, n=req.n)
+            stop_token_ids=list(req.stop_token_ids or []) + (frontend.end_of_turn_ids if param == "messages" else []),
+            ignore_eos=req.ignore_eos, n=req.n)
     except ConfigError as exc:
         match = _FIELD.match(str(exc))
         raise bad_request(str(exc).removeprefix("sampling."), param=match.group(1) if match else None) from None
