@@ -8,20 +8,20 @@ import numpy as np
 
 from perkunas_ray.config import RunConfig
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
-from perkunas_ray.stream.remote_compute import RemoteCompute, StartedUpdates
+from perkunas_ray.stream.remote_compute import GradientHandoff, RemoteCompute
 from perkunas_ray.stream.worker_process import prepare_worker_process
 
 
 class ComputeActor:
-    def __init__(self, cfg: RunConfig, store: Any, run_name: str) -> None:
+    def __init__(self, cfg: RunConfig, store: Any) -> None:
         prepare_worker_process(cfg.ray.compute_threads)
-        self.core = RemoteCompute(cfg, store, run_name)
+        self.core = RemoteCompute(cfg, store)
 
     def ping(self) -> str:
         return str(self.core.device)
 
     def train_step(self, batch: np.ndarray, refs: dict[str, Any], plan: UpdatePlan,
-                   snapshot: bool) -> tuple[StepStats, StartedUpdates]:
+                   snapshot: bool) -> tuple[StepStats, GradientHandoff]:
         return self.core.train_step(batch, refs, plan, snapshot)
 
     def eval_losses(self, batches: np.ndarray, refs: dict[str, Any]) -> list[float]:
@@ -32,6 +32,3 @@ class ComputeActor:
 
     def set_rng_state(self, state: str) -> None:
         self.core.set_rng_state(state)
-
-    def emit(self, record: dict[str, Any], event: str = "step") -> None:
-        self.core.emit(record, event)

@@ -1,7 +1,7 @@
 """The Ray backend factory: builds a run's four named actors with their options from config.
 
     ShardStoreActor --shard versions (ObjectRefs)--> PrefetchActor / ComputeActor --grads--> ShardStoreActor
-    CheckpointFlusherActor: active checkpoint -> durable dir
+    CheckpointFlusherActor: active checkpoint -> durable dir; the run's training gauges
 
 The entry points pass `ray_backend` to perkunas_ray.stream.build.train; the backend and its
 supervision are perkunas_ray.stream.ray_backend.RayBackend.
@@ -33,10 +33,10 @@ def build_actors(run: TrainRun) -> dict[str, Any]:
     store = start(ShardStoreActor, "shard_store", cfg, str(run.checkpoint_dir))
     return {
         "shard_store": store,
-        "compute": start(ComputeActor, "compute", cfg, store, run.name),
+        "compute": start(ComputeActor, "compute", cfg, store),
         "prefetch": start(PrefetchActor, "prefetch", cfg.stream.prefetch_window),
         "checkpoint_flusher": start(CheckpointFlusherActor, "checkpoint_flusher", paths.durable, str(paths.active),
-                                    cfg.checkpoint.keep_last_checkpoints, paths.mirrored_files),
+                                    cfg.checkpoint.keep_last_checkpoints, paths.mirrored_files, run.name),
     }
 
 

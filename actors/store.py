@@ -26,20 +26,14 @@ class ShardStoreActor:
     def get_shard(self, name: str) -> dict[str, np.ndarray]:
         return self.core.shard_arrays(name)
 
-    def put_grads(self, name: str, grads: dict[str, np.ndarray]) -> bool:
-        self.core.put_grads(name, grads)
-        return True
-
-    def update(self, name: str, lr: float, clip_coef: float | None, grad_scale: float,
-               snapshot: bool) -> tuple[dict[str, np.ndarray], StoreStats]:
-        """Call with num_returns=2: (the new version, the store's stats)."""
+    def update(self, name: str, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool,
+               grads: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], StoreStats]:
+        """Call with num_returns=2: (the new version, the store's stats). `grads`: this step's gradients of
+        the shard (passed as an ObjectRef, resolved by Ray); None to reuse the stashed ones (guard replay)."""
+        if grads is not None:
+            self.core.put_grads(name, grads)
         self.core.update(name, lr, clip_coef, grad_scale, snapshot)
         return self.core.shard_arrays(name), self.core.stats()
-
-    def put_and_update(self, name: str, grads: dict[str, np.ndarray], lr: float,
-                       snapshot: bool) -> tuple[dict[str, np.ndarray], StoreStats]:
-        self.core.put_grads(name, grads)
-        return self.update(name, lr, None, 1.0, snapshot)
 
     def restore(self) -> bool:
         self.core.restore()

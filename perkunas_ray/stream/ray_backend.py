@@ -34,6 +34,7 @@ class RayBackend:
         self.names = [s.name for s in stream_shard_specs(cfg.model)]
         self._last_flushed = resume_step
         self._flushes: list[Any] = []
+        self._grads: dict[str, Any] = {}  # shard -> ObjectRef of the last step's gradients, until its update
         self._get([a.ping.remote() for a in actors.values()])
         self.refs = {n: self.store.get_shard.remote(n) for n in self.names}
 
@@ -66,15 +67,19 @@ class RayBackend:
 
     # ---- the Backend protocol ------------------------------------------------------------------------
     def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> tuple[StepStats, PendingUpdates]:
-        stats, updated = self._get(self.compute.train_step.remote(ray.put(batch), dict(self.refs), plan, snapshot))
-        for name, (arrays, _) in updated.items():
+        stats, handoff = self._get(self.compute.train_step.remote(ray.put(batch), dict(self.refs), plan, snapshot))
+        for name, (arrays, _) in handoff.started.items():
             self.refs[name] = arrays
-        return stats, PendingUpdates([store_stats for _, store_stats in updated.values()])
+        self._grads = handoff.grads
+        return stats, PendingUpdates([store_stats for _, store_stats in handoff.started.values()])
 
     def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> PendingUpdates:
+        """The gradient refs go straight into the update calls: Ray hands the store each shard's gradients."""
         pending = PendingUpdates()
         for name in self.names:  # forward order: the next forward's first shards are ready first
-            arrays, stats = self.store.update.options(num_returns=2).remote(name, lr, clip_coef, grad_scale, snapshot)
+            grads = self._grads.pop(name, None)  # a guard replay reuses the store's stashed gradients
+            arrays, stats = self.store.update.options(num_returns=2).remote(name, lr, clip_coef, grad_scale,
+                                                                            snapshot, grads)
             self.refs[name] = arrays
             pending.waits.append(stats)
         if self.cfg.stream.prefetch_shards != "none":
@@ -82,8 +87,9 @@ class RayBackend:
         return pending
 
     def update_stats(self, pending: PendingUpdates) -> StoreStats:
+        """One fetch: the store serves calls in order, so the last update's figures are the newest."""
         if pending.waits:
-            self._get(pending.waits)
+            return self._get(pending.waits)[-1]
         return self._get(self.store.stats.remote())
 
     def eval_losses(self, batches: np.ndarray) -> list[float]:
@@ -124,7 +130,7 @@ class RayBackend:
         self._get(self.compute.set_rng_state.remote(state))
 
     def emit(self, record: dict[str, Any], event: str = "step") -> None:
-        self.compute.emit.remote(record, event)
+        self.flusher.emit.remote(record, event)  # off the device owner's queue
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

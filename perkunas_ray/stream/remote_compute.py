@@ -1,13 +1,16 @@
-"""The compute side inside a Ray actor: shard versions arrive as ObjectRefs, gradients leave for the store actor.
+"""The compute side inside a Ray actor: shard versions arrive as ObjectRefs, gradients leave as ObjectRefs.
 
 StreamCompute does the step; this class adapts it to Ray: it reads shard versions from the object
-store, sends each shard's gradients to the store actor (starting the shard's update at once in
-immediate mode), keeps boundaries in the object store when trace_storage is object-store, and sets
-the run's Ray gauges.
+store and hands each shard's gradients on without waiting for anyone: in immediate mode it starts the
+shard's update on the store actor at once; otherwise it puts them in the object store and returns
+their refs, which the driver passes to the store's update calls (Ray resolves them there, so no
+separate hand-off call and no blocking wait here). Boundaries go to the object store when
+trace_storage is object-store. Telemetry is not set here: the device owner only computes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -20,10 +23,14 @@ from perkunas_ray.device import resolve_device
 from perkunas_ray.stream.compute import StreamCompute
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
 from perkunas_ray.stream.staging import Loader
-from perkunas_ray.telemetry.train_metrics import TrainMetrics
 
-# shard name -> (ObjectRef of its new version, ObjectRef of the store's stats) of an update started in the step
-StartedUpdates = dict[str, tuple[Any, Any]]
+
+@dataclasses.dataclass
+class GradientHandoff:
+    """What a step leaves for the store, per shard, in the order the shards finished their backward."""
+
+    started: dict[str, tuple[Any, Any]]  # immediate: (ObjectRef of the new version, of the store's stats)
+    grads: dict[str, Any]  # deferred: ObjectRef of the shard's gradients, for the driver's update call
 
 
 class ObjectStoreTraces:
@@ -58,31 +65,28 @@ def object_loader(refs: dict[str, Any]) -> Loader:
 
 
 class RemoteCompute:
-    def __init__(self, cfg: RunConfig, store: Any, run_name: str) -> None:
+    def __init__(self, cfg: RunConfig, store: Any) -> None:
         self.store = store  # the shard store actor's handle
         self.device = resolve_device(cfg.train.device)
         factory = None
         if cfg.stream.trace_storage == "object-store":
             factory = lambda tracker: ObjectStoreTraces(self.device)  # noqa: E731
         self.core = StreamCompute(cfg, self.device, factory)
-        self.metrics = TrainMetrics(run_name)
 
     def train_step(self, batch: np.ndarray, refs: dict[str, Any], plan: UpdatePlan,
-                   snapshot: bool) -> tuple[StepStats, StartedUpdates]:
-        landed: list[Any] = []
-        started: StartedUpdates = {}
+                   snapshot: bool) -> tuple[StepStats, GradientHandoff]:
+        handoff = GradientHandoff({}, {})
 
         def sink(name: str, grads: dict[str, torch.Tensor], norms: list[float]) -> None:
             arrays = {k: g.detach().to("cpu").numpy() for k, g in grads.items()}
             if plan.immediate:
-                started[name] = self.store.put_and_update.options(num_returns=2).remote(name, arrays, plan.lr,
-                                                                                         snapshot)
+                handoff.started[name] = self.store.update.options(num_returns=2).remote(
+                    name, plan.lr, None, 1.0, snapshot, arrays)
             else:
-                landed.append(self.store.put_grads.remote(name, arrays))
+                handoff.grads[name] = ray.put(arrays)
 
         stats = self.core.train_step(batch, object_loader(refs), sink, plan)
-        ray.get(landed)  # the driver's update calls must find every shard's gradients in the store
-        return stats, started
+        return stats, handoff
 
     def eval_losses(self, batches: np.ndarray, refs: dict[str, Any]) -> list[float]:
         return self.core.eval_losses(batches, object_loader(refs))
@@ -92,9 +96,3 @@ class RemoteCompute:
 
     def set_rng_state(self, state: str) -> None:
         torch.set_rng_state(decode_rng(state))
-
-    def emit(self, record: dict[str, Any], event: str = "step") -> None:
-        if event == "validation":
-            self.metrics.record_validation(float(record["val_loss"]))
-        else:
-            self.metrics.record_step(record)
