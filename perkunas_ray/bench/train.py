@@ -2,8 +2,10 @@
 
 Same model, same batches, one process run. The streaming runtime gets a byte budget of
 (training state) / --over-budget; the table and the JSON line report medians over the steps after
-warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and the share of
-the streamed step spent waiting for shards.
+warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and where the
+streamed step's time goes: forward, replay + backward, the store's update math, and orchestration
+(the rest: hand-offs, object-store copies, actor calls). --sizes runs the comparison at several
+model sizes and prints one row per size with MFU/HFU estimates.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.bench.train_sizes import run_sizes
 from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.run_setup import bundled_data_dir
 from perkunas_ray.stream.build import BackendFactory, local_backend, open_run
 
@@ -40,6 +44,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compute-threads", type=int, default=0)
     p.add_argument("--trace-storage", default="", help="boundary storage (default: object-store on Ray, cpu in-process)")
     p.add_argument("--work-dir", default="", help="where the two run dirs go (default: a temp dir)")
+    p.add_argument("--sizes", default="", help="compare at these model sizes instead, e.g. 8M,30M,100M "
+                                               "(shapes chosen per size; fewer steps above 50M parameters)")
     p.set_defaults(func=run)
 
 
@@ -67,8 +73,6 @@ def bench_config(args: argparse.Namespace, data_dir: str, run_dir: Path) -> RunC
 
 
 def training_state_bytes(cfg: RunConfig) -> int:
-    from perkunas_ray.model.decoder import count_parameters
-
     slots = {"adamw": 2, "lion": 1, "adafactor": 1}[cfg.train.optimizer]  # adafactor: factored, ~O(rows+cols)
     return count_parameters(cfg.model) * 4 * (2 + slots)
 
@@ -140,7 +144,16 @@ def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
     return float(statistics.median(r[key] for r in records[warmup:]))
 
 
-def run(args: argparse.Namespace) -> int:
+def breakdown(records: list[dict[str, Any]], warmup: int) -> dict[str, float]:
+    """Median seconds per streamed step by where they go; orchestration is the step time left over."""
+    parts = {key: median(records, key, warmup) for key in ("forward_s", "backward_s", "update_s", "wait_s")}
+    parts["orchestration_s"] = float(statistics.median(
+        max(0.0, r["step_time_s"] - r["forward_s"] - r["backward_s"] - r["update_s"]) for r in records[warmup:]))
+    return parts
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Both trainers on one model, interleaved step by step; the result as the JSON line reports it."""
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="perkunas-bench-"))
     probe = bench_config(args, args.data_dir, work / "stream")
     data_dir = args.data_dir or str(bundled_data_dir(probe))
@@ -165,9 +178,10 @@ def run(args: argparse.Namespace) -> int:
     ref_tps, stream_tps = median(ref, "tokens_per_s", w), median(stream, "tokens_per_s", w)
     ref_peak, stream_peak = max(r["peak_bytes"] for r in ref[w:]), max(r["peak_bytes"] for r in stream[w:])
     wait_share = float(statistics.median(r["wait_s"] / r["step_time_s"] for r in stream[w:]))
-    result = {
+    return {
         "bench": "train", "device": ref_cfg.train.device, "optimizer": args.optimizer,
-        "params": state // (4 * (2 + {"adamw": 2}.get(args.optimizer, 1))),
+        "params": count_parameters(stream_cfg.model), "d_model": args.d_model, "n_layers": args.n_layers,
+        "d_ff": args.d_ff, "seq_len": stream_cfg.model.max_seq_len,
         "tokens_per_step": args.micro_batch_size * args.gradient_accumulation_steps * stream_cfg.model.max_seq_len,
         "trace_storage": stream_cfg.stream.trace_storage,
         "steps": args.steps, "warmup": args.warmup, "training_state_bytes": state,
@@ -176,19 +190,34 @@ def run(args: argparse.Namespace) -> int:
         "reference_peak_bytes": ref_peak, "stream_peak_bytes": stream_peak, "memory_ratio": stream_peak / ref_peak,
         "stream_within_budget": stream_peak <= stream_cfg.stream.max_resident_bytes,
         "wait_share": wait_share, "stream_step_s": median(stream, "step_time_s", w),
-        "reference_step_s": median(ref, "step_time_s", w), "wall_s": time.perf_counter() - started,
-        "runtime": "in-process" if args.in_process else "ray-actors",
+        "reference_step_s": median(ref, "step_time_s", w), "stream_breakdown_s": breakdown(stream, w),
+        "wall_s": time.perf_counter() - started, "runtime": "in-process" if args.in_process else "ray-actors",
     }
+
+
+def print_comparison(result: dict[str, Any]) -> None:
     mib = 2**20
+    parts = result["stream_breakdown_s"]
     rows = [("", "reference (act. ckpt)", "streaming"),
-            ("tokens/s (median)", f"{ref_tps:,.0f}", f"{stream_tps:,.0f}"),
+            ("tokens/s (median)", f"{result['reference_tokens_per_s']:,.0f}", f"{result['stream_tokens_per_s']:,.0f}"),
             ("step time s (median)", f"{result['reference_step_s']:.3f}", f"{result['stream_step_s']:.3f}"),
-            ("peak bytes", f"{ref_peak / mib:.1f} MiB", f"{stream_peak / mib:.1f} MiB"),
-            ("budget", "-", f"{result['budget_bytes'] / mib:.1f} MiB (state {state / mib:.1f} MiB)"),
-            ("wait share of step", "-", f"{wait_share:.1%}")]
+            ("  forward s", "-", f"{parts['forward_s']:.3f}"),
+            ("  replay + backward s", "-", f"{parts['backward_s']:.3f} (waiting for shards {parts['wait_s']:.3f})"),
+            ("  update math s", "-", f"{parts['update_s']:.3f}"),
+            ("  orchestration s", "-", f"{parts['orchestration_s']:.3f}"),
+            ("peak bytes", f"{result['reference_peak_bytes'] / mib:.1f} MiB", f"{result['stream_peak_bytes'] / mib:.1f} MiB"),
+            ("budget", "-", f"{result['budget_bytes'] / mib:.1f} MiB (state {result['training_state_bytes'] / mib:.1f} MiB)"),
+            ("wait share of step", "-", f"{result['wait_share']:.1%}")]
     for row in rows:
         print(f"{row[0]:<24}{row[1]:>24}{row[2]:>36}")
     print(f"throughput ratio {result['throughput_ratio']:.3f} | memory ratio {result['memory_ratio']:.3f} | "
-          f"model state {args.over_budget:g}x the budget")
+          f"model state {result['over_budget']:g}x the budget")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sizes:
+        return run_sizes(args, compare)
+    result = compare(args)
+    print_comparison(result)
     print(json.dumps(result))
     return 0
