@@ -145,12 +145,13 @@ async def _soak(url: str, clients: int, duration_s: float, warmup_s: float, max_
             "rss_mib": {f"{title} ({pid})": (rss, end[pid]) for pid, (title, rss) in baseline.items()}}
 
 
-def _idle_stats(url: str, timeout_s: float = 30.0) -> dict[str, Any]:
+def wait_idle(url: str, headers: dict[str, str], timeout_s: float = 30.0) -> dict[str, Any]:
+    """The engine's stats once nothing runs, waits or holds a KV block (or when `timeout_s` has passed)."""
     import httpx
 
     deadline = time.time() + timeout_s
     while True:
-        stats = httpx.get(f"{url}/kvserve/stats", headers=AUTH, timeout=30).json()
+        stats = httpx.get(f"{url}/kvserve/stats", headers=headers, timeout=30).json()
         if (stats["num_running"], stats["num_waiting"], stats["num_blocks_used"]) == (0, 0, 0) \
                 or time.time() > deadline:
             return stats
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         launch.deploy(soak_registry(model_dir), api_tokens=f"soak:{TOKEN}")
         result = asyncio.run(_soak(url, args.clients, args.duration_s, args.warmup_s, args.max_tokens, args.seed))
-        stats = _idle_stats(url)
+        stats = wait_idle(url, AUTH)
     finally:
         launch.shutdown()
     counts = result["counts"]

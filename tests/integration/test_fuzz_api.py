@@ -14,6 +14,8 @@ schemathesis = pytest.importorskip("schemathesis", reason="the fuzz tests need s
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
+from perkunas_ray.bench.soak import wait_idle  # noqa: E402
+
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 TOKEN = "fuzz-token"
@@ -112,13 +114,8 @@ def test_fuzz_every_route_from_the_schema(server) -> None:
                 for operation in operations:
                     _fuzz(http, operation, mode, server, headers, counts)
     elapsed = time.time() - started
-    deadline = time.time() + 30
-    while True:
-        stats = httpx.get(f"{server}/kvserve/stats", headers=AUTH, timeout=30).json()
-        idle = (stats["num_running"], stats["num_waiting"], stats["num_blocks_used"]) == (0, 0, 0)
-        if idle or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    stats = wait_idle(server, AUTH)
+    idle = (stats["num_running"], stats["num_waiting"], stats["num_blocks_used"]) == (0, 0, 0)
     print(f"\nfuzz: {counts['cases']} cases in {elapsed:.0f} s over {len(operations)} operations; statuses "
           f"{ {k: v for k, v in sorted(counts.items()) if k[0].isdigit()} }; negative runs with nothing to break: "
           f"{counts.get('unsatisfiable', 0)}; engine after: "

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
+
+from perkunas_ray.bench.soak import wait_idle
 
 pytestmark = pytest.mark.ray
 
@@ -35,18 +36,6 @@ def server(tmp_path_factory):
         launch.shutdown()
 
 
-def _wait_idle(server: str) -> dict:
-    import httpx
-
-    deadline = time.time() + 30
-    while True:
-        stats = httpx.get(f"{server}/kvserve/stats", headers=H, timeout=30).json()
-        if (stats["num_running"], stats["num_waiting"], stats["num_blocks_used"]) == (0, 0, 0) \
-                or time.time() > deadline:
-            return stats
-        time.sleep(0.2)
-
-
 def test_full_queue_is_503_with_retry_after(server) -> None:
     import httpx
 
@@ -72,7 +61,7 @@ def test_full_queue_is_503_with_retry_after(server) -> None:
         if code == 503:
             assert set(body["error"]) == {"message", "type", "param", "code"}
             assert body["error"]["code"] == "overloaded" and retry_after == "2"
-    stats = _wait_idle(server)
+    stats = wait_idle(server, H)
     assert stats["num_blocks_used"] == 0 and stats["num_running"] == 0
 
 
