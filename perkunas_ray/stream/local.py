@@ -1,7 +1,13 @@
-"""The in-process backend: shard store, compute and flusher as plain objects in one process (no Ray)."""
+"""The in-process backend: shard store, compute and flusher as plain objects in one process (no Ray).
+
+Shard updates run on one updater thread, so the store's update of a shard overlaps the backward of
+the shards below it (immediate mode) or the next step's forward (deferred updates); whoever reads a
+shard next waits for that shard's update only.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,7 @@ from perkunas_ray.stream.store import ShardStore
 
 
 class LocalBackend:
-    """Updates run inline, so nothing is ever pending; without a flusher nothing reaches the durable dir."""
+    """Without a flusher nothing reaches the durable dir."""
 
     def __init__(self, cfg: RunConfig, store: ShardStore, device: torch.device, active_dir: Path,
                  flusher: CheckpointFlusher | None = None) -> None:
@@ -25,36 +31,56 @@ class LocalBackend:
         self.active_dir = Path(active_dir)
         self.flusher = flusher
         self.compute = StreamCompute(cfg, device)
+        self._updater = ThreadPoolExecutor(1, thread_name_prefix="shard-update")
+        self._updates: dict[str, Future] = {}  # shard -> its update in flight (one per shard at a time)
+
+    def _start_update(self, name: str, lr: float, clip_coef: float | None, grad_scale: float,
+                      snapshot: bool) -> None:
+        self._updates[name] = self._updater.submit(self.store.update, name, lr, clip_coef, grad_scale, snapshot)
+
+    def _wait(self, name: str) -> None:
+        update = self._updates.pop(name, None)
+        if update is not None:
+            update.result()  # an update's error surfaces here
+
+    def _wait_all(self) -> None:
+        for name in list(self._updates):
+            self._wait(name)
 
     def _loader(self, name: str) -> dict[str, torch.Tensor]:
+        self._wait(name)
         return self.store.shard_tensors(name)
 
     def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> tuple[StepStats, PendingUpdates]:
         def sink(name: str, grads: dict[str, torch.Tensor], norms: list[float]) -> None:
             self.store.put_grads(name, {k: g.to("cpu") for k, g in grads.items()})
             if plan.immediate:
-                self.store.update(name, plan.lr, None, 1.0, snapshot=snapshot)
+                self._start_update(name, plan.lr, None, 1.0, snapshot)
 
         return self.compute.train_step(batch, self._loader, sink, plan), PendingUpdates()
 
     def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> PendingUpdates:
         for name in self.store.names:
-            self.store.update(name, lr, clip_coef, grad_scale, snapshot=snapshot)
+            self._start_update(name, lr, clip_coef, grad_scale, snapshot)
         return PendingUpdates()
 
     def update_stats(self, pending: PendingUpdates) -> StoreStats:
+        self._wait_all()
         return self.store.stats()
 
     def eval_losses(self, batches: np.ndarray) -> list[float]:
         return self.compute.eval_losses(batches, self._loader)
 
     def restore(self) -> None:
+        self._wait_all()
         self.store.restore()
 
     def commit(self) -> None:
+        self._wait_all()
         self.store.commit()
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> Path:
+        self._wait_all()
         ckpt = self.active_dir / CHECKPOINTS / checkpoint_dir_name(step)
         flushed = self.last_flushed_step() if self.flusher is not None else None
         self.store.checkpoint(ckpt, state, prune_root=self.active_dir, keep=self.cfg.checkpoint.keep_last_checkpoints,
@@ -81,4 +107,6 @@ class LocalBackend:
         return None
 
     def close(self) -> None:
+        self._wait_all()
+        self._updater.shutdown()
         self.store.close()
