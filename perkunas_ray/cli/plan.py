@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from perkunas_ray.config import ModelConfig, RunConfig, from_dict, load_mapping
 from perkunas_ray.device import TORCH_DTYPES, resolve_device
 from perkunas_ray.errors import ConfigError
@@ -124,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     budget = cfg.stream.max_resident_bytes
     result = report(cfg, check_budget(cfg, budget, args.device), budget, args.device)
     if args.measure:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--measure with --device cuda needs CUDA, which this machine lacks; "
+                              "drop --measure for the prediction alone")
         device = resolve_device(args.device)
         result["measured_peak_bytes"] = measure_peak(cfg, device)
         result["measured_largest_micro_batch"] = measured_largest_micro_batch(cfg, budget, device,

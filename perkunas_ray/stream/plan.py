@@ -177,7 +177,8 @@ def check_budget(cfg: RunConfig, budget: int, device_type: str = "cpu") -> Memor
             f"bytes with nothing read ahead (parameters {worst.shards:,}, gradients {worst.grads:,}, boundaries "
             f"{worst.boundaries:,}, saved activations {worst.activations:,}"
             f"{f', LM-head chunk {worst.head_chunk:,}' if worst.head_chunk else ''}); lower --micro-batch-size, "
-            f"--seq-len or --layers-per-shard, or raise --budget")
+            f"--seq-len{', model.lm_head_chunk_tokens' if worst.head_chunk else ''} or --layers-per-shard, "
+            f"or raise --budget")
     return plan
 
 

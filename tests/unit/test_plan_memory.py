@@ -95,6 +95,8 @@ def test_the_table_says_whether_the_model_fits(capsys):
     (["--model", "tiny", "--budget", "eight gigs"], "--budget must be a size"),
     (["--model", "tiny", "--budget", "1GiB", "--seq-len", "4096"], "--seq-len must be <="),
     (["--model", "tiny", "--budget", "1GiB", "--micro-batch-size", "0"], "--micro-batch-size must be > 0"),
+    pytest.param(["--model", "tiny", "--budget", "1GiB", "--device", "cuda", "--measure"], "needs CUDA",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     assert main(["plan", *argv]) == 2
