@@ -12,7 +12,14 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE
-from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state, load_run_config, read_state
+from perkunas_ray.checkpoint.format import (
+    CHECKPOINTS,
+    checkpoint_dir_name,
+    latest_checkpoint,
+    load_model_state,
+    load_run_config,
+    read_state,
+)
 from perkunas_ray.data.tokenizer import EOS_TOKEN
 from perkunas_ray.device import TORCH_DTYPES
 from perkunas_ray.errors import CheckpointError
@@ -36,20 +43,27 @@ def is_hf_package(path: Path) -> bool:
     return config.is_file() and "model_type" in json.loads(config.read_text())
 
 
-def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp32") -> LoadedModel:
-    """The model in eval mode on `device` in `dtype`, its tokenizer, EOS id and chat template."""
+def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp32",
+                         step: int | None = None) -> LoadedModel:
+    """The model in eval mode on `device` in `dtype`, its tokenizer, EOS id and chat template.
+
+    `step` picks one checkpoint of a run dir (its shards are checked against its manifest); None: the newest
+    that verifies.
+    """
     path = Path(path)
     if dtype not in TORCH_DTYPES:
         raise CheckpointError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
     if not path.is_dir():
         raise CheckpointError(f"model source {path} does not exist (expected a run dir or a Hugging Face package dir)")
     if is_hf_package(path):
+        if step is not None:
+            raise CheckpointError(f"{path} is a Hugging Face package; a checkpoint step applies to run dirs only")
         cfg, state = load_hf_package(path)
         chat_template = hf_chat_template(path)
         step = None
     else:
         cfg = load_run_config(path).model
-        ckpt = latest_checkpoint(path)
+        ckpt = latest_checkpoint(path) if step is None else path / CHECKPOINTS / checkpoint_dir_name(step)
         state = load_model_state(ckpt)
         step = int(read_state(ckpt)["step"])
         chat_template = CHAT_TEMPLATE

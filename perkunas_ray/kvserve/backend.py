@@ -30,6 +30,7 @@ class ModelFrontend:
         self.max_model_len = info.max_model_len
         self.chat_template = info.chat_template
         self.vocab_size = info.vocab_size
+        self.step = info.step
         self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
         end = self.tokenizer.token_to_id(END_TOKEN)
         self.end_of_turn_ids = [] if end is None else [end]  # a chat reply ends where the template ends a turn
@@ -58,6 +59,7 @@ class Backend:
         self.created = int(time.time())
         self._frontends: dict[str, ModelFrontend] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._steps: dict[str, int | None] = {}  # followed models: the step an engine replica last reported
 
     def model_ids(self) -> list[str]:
         return list(self.registry.models)
@@ -71,7 +73,14 @@ class Backend:
                 "root": model_id, "parent": None, "engine": spec.engine,  # never the source path
                 "max_model_len": frontend.max_model_len if frontend else spec.max_model_len,
                 "kv_policy": spec.policy_dict(),
-                "replicas": spec.autoscaling_config or spec.num_replicas}
+                "replicas": spec.autoscaling_config or spec.num_replicas,
+                "step": self._steps.get(model_id, frontend.step if frontend else None), "follow": spec.follow}
+
+    async def refresh(self, model_id: str) -> None:
+        """Make sure the model's frontend is loaded and, for a model that follows a run, its served step is fresh."""
+        await self.frontend(model_id)
+        if self.registry.models[model_id].follow:
+            self._steps[model_id] = (await self.stats(model_id)).get("step")
 
     async def frontend(self, model_id: str) -> ModelFrontend:
         if model_id not in self.registry.models:

@@ -8,6 +8,7 @@ models:
     device: cpu               # cpu | cuda | cuda:N
     dtype: fp32               # fp32 | bf16 | fp16 (vllm also: auto)
     num_replicas: 2           # or autoscaling_config: {min_replicas: 1, max_replicas: 4}
+    follow: false             # true: serve each newer checkpoint of the run as it appears (poll: follow_poll_s)
     kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}
 router: {policy: kv, imbalance_threshold: 4}
 ingress: {num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
@@ -65,6 +66,9 @@ class ModelSpec:
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
     max_model_len: int | None = None
     seed: int = 0
+    # Follow a training run: switch to each newer complete checkpoint of `source` (a run dir) as it appears.
+    follow: bool = False
+    follow_poll_s: float = 2.0
 
     def validate(self) -> ModelSpec:
         try:
@@ -106,6 +110,11 @@ class ModelSpec:
         check(self.max_model_len is None or (is_int(self.max_model_len) and self.max_model_len > 0),
               "max_model_len", "a positive integer or null", self.max_model_len)
         check(is_int(self.seed), "seed", "an integer", self.seed)
+        check(isinstance(self.follow, bool), "follow", "true or false", self.follow)
+        check(not self.follow or self.engine == "native", "follow", "false for engine vllm (only the native engine "
+              "follows a run)", self.follow)
+        check(_is_num(self.follow_poll_s) and self.follow_poll_s > 0, "follow_poll_s", "a number > 0",
+              self.follow_poll_s)
 
     @property
     def resolved_num_gpus(self) -> float:

@@ -80,13 +80,15 @@ async def list_models(state: State) -> dict[str, Any]:
     backend = state.backend
     for model_id in backend.model_ids():
         with contextlib.suppress(Exception):  # a model whose engine is not up yet still gets listed
-            await asyncio.wait_for(backend.frontend(model_id), timeout=5)
+            await asyncio.wait_for(backend.refresh(model_id), timeout=5)
     state.metrics.request("/v1/models", 200)
     return {"object": "list", "data": [backend.model_card(m) for m in backend.model_ids()]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, state: State) -> dict[str, Any]:
+    with contextlib.suppress(Exception):  # the card (or its 404) comes from the registry even if this fails
+        await asyncio.wait_for(state.backend.refresh(model_id), timeout=5)
     card = state.backend.model_card(model_id)
     state.metrics.request("/v1/models/{model_id}", 200)
     return card

@@ -2,24 +2,31 @@
 
 It builds the engine a registry entry names, streams requests as `OutputDelta`s, aborts a request whose
 consumer goes away (so its KV blocks return to the pool), keeps a mirror of the prefix cache from the
-engine's KV events for the router, and feeds the engine metrics.
+engine's KV events for the router, and feeds the engine metrics. With `follow`, it switches to each newer
+checkpoint of its run dir (see `follow_once`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE
-from perkunas_ray.engine.interface import Engine, SamplingParams
-from perkunas_ray.errors import ConfigError, PerkunasError
+from perkunas_ray.engine.interface import Engine, KVEvent, SamplingParams
+from perkunas_ray.errors import CheckpointError, ConfigError, PerkunasError
+from perkunas_ray.kvserve.follow import RunFollower
 from perkunas_ray.kvserve.metrics import EngineMetrics
 from perkunas_ray.kvserve.registry import ModelSpec
 from perkunas_ray.kvserve.routing import KVEventMirror
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
+
+logger = logging.getLogger(__name__)
 
 VLLM_NOT_INSTALLED = ("model {model!r} has engine 'vllm', but vllm is not installed here (it needs a Linux GPU "
                       "machine: pip install 'perkunas-ray[vllm]'); use engine: native or install vllm")
@@ -29,22 +36,30 @@ def check_engine_available(spec: ModelSpec) -> None:
     """Fail at deploy time, with the model named, when the engine cannot run on this machine."""
     if spec.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise PerkunasError(VLLM_NOT_INSTALLED.format(model=spec.model_id))
+    if spec.follow and not (Path(spec.source) / "checkpoints").is_dir():
+        raise PerkunasError(f"model {spec.model_id!r}: follow needs a training run dir (with checkpoints/) as its "
+                            f"source; {spec.source} has none")
 
 
-def build_engine(spec: ModelSpec) -> Engine:
+def build_engine(spec: ModelSpec, step: int | None = None) -> tuple[Engine, int | None]:
+    """The engine of `spec` and the run's checkpoint step it holds (`step`; None: the newest that verifies)."""
     check_engine_available(spec)
     if spec.engine == "vllm":
         from perkunas_ray.engine.vllm_engine import VLLMEngine
 
         dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(spec.dtype, spec.dtype)
         return VLLMEngine(spec.source, spec.kv_policy, max_model_len=spec.max_model_len, dtype=dtype,
-                          seed=spec.seed)
+                          seed=spec.seed), None
     from perkunas_ray.engine.native import NativeEngine
+    from perkunas_ray.model_source import load_inference_model
 
     kwargs: dict[str, Any] = {"seed": spec.seed}
     if spec.max_model_len:
         kwargs["max_model_len"] = spec.max_model_len
-    return NativeEngine.from_path(spec.source, spec.kv_policy, device=spec.device, dtype=spec.dtype, **kwargs)
+    loaded = load_inference_model(spec.source, spec.device, spec.dtype, step=step)
+    engine = NativeEngine(loaded.model, loaded.tokenizer, loaded.eos_token_id, spec.kv_policy,
+                          chat_template=loaded.chat_template, name=loaded.name, **kwargs)
+    return engine, loaded.step
 
 
 def _chat_template(spec: ModelSpec, engine: Any) -> str:
@@ -54,8 +69,6 @@ def _chat_template(spec: ModelSpec, engine: Any) -> str:
     if template:
         return template
     try:
-        from pathlib import Path
-
         from perkunas_ray.model_source import hf_chat_template
 
         return hf_chat_template(Path(spec.source))
@@ -64,23 +77,79 @@ def _chat_template(spec: ModelSpec, engine: Any) -> str:
 
 
 class EngineService:
-    """Hosts one engine; every method is safe to call from the replica's event loop."""
+    """Hosts one engine; every method is safe to call from the replica's event loop.
+
+    Following a run is a poll here, not Serve's reconfigure driven by a watcher: each replica swaps its own
+    engine when it has the new one loaded, so no request waits on a replica restart and none is cut off.
+    The swap happens on the event loop between awaits: new requests take the new engine; a request in flight
+    holds the engine it started on and finishes there; the old engine is dropped once its last request ends
+    (its step task exits when idle and nothing else refers to it).
+    """
 
     def __init__(self, spec: ModelSpec, engine: Engine | None = None, replica: str = "local",
                  metrics: bool = True) -> None:
         self.spec = spec
-        self.engine = engine if engine is not None else build_engine(spec)
+        # step: the run's checkpoint step being served (None: a Hugging Face package, or an engine handed in)
+        self.engine, self.step = (engine, None) if engine is not None else build_engine(spec)
         self.replica = replica
         self.mirror = KVEventMirror()
+        self.metrics_enabled = metrics
         self.metrics = EngineMetrics(spec.model_id, replica, enabled=metrics)
         self.chat_template = _chat_template(spec, self.engine)
         self.num_aborted = 0
+        self.num_switches = 0
+        self.follower = RunFollower(spec.source) if spec.follow else None
+        self._follow_task: asyncio.Task[None] | None = None
+        with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts it
+            self.ensure_following()
 
     def info(self) -> ModelInfo:
         tokenizer = self.engine.tokenizer
         return ModelInfo(model_id=self.spec.model_id, max_model_len=int(self.engine.max_model_len),
                          vocab_size=int(tokenizer.get_vocab_size()), chat_template=self.chat_template,
-                         tokenizer_json=tokenizer.to_str())
+                         tokenizer_json=tokenizer.to_str(), step=self.step)
+
+    def ensure_following(self) -> None:
+        """Start the follow poll on the running event loop (once; again if it was cancelled with its loop)."""
+        if self.follower is None or (self._follow_task is not None and not self._follow_task.done()):
+            return
+        self._follow_task = asyncio.get_running_loop().create_task(self._follow_loop())
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.follow_poll_s)
+            try:
+                await self.follow_once()
+            except Exception:  # noqa: BLE001 - a failed poll (a run dir gone for a moment) must not end following
+                logger.exception("follow %s: poll failed; retrying in %s s", self.spec.source, self.spec.follow_poll_s)
+
+    async def follow_once(self) -> int | None:
+        """Switch to the run's newest complete checkpoint if it is newer than the one served; its step, or None."""
+        if self.follower is None:
+            raise ConfigError(f"model {self.spec.model_id!r} does not follow a run (follow: false)")
+        step = await asyncio.to_thread(self.follower.newer_step, self.step)
+        if step is None:
+            return None
+        try:
+            engine, _ = await asyncio.to_thread(build_engine, self.spec, step)
+        except (CheckpointError, OSError) as exc:  # pruned while loading, or corrupt: wait for the next one
+            self.follower.skip(step, exc, self.step)
+            return None
+        self.engine, self.step = engine, step
+        self.num_switches += 1
+        # The new engine's prefix cache is empty: tell the router (its snapshot of this replica is replaced by
+        # the next, empty one), and restart the counters the metrics take deltas of.
+        self.mirror.apply([KVEvent("cleared", [])])
+        self.metrics = EngineMetrics(self.spec.model_id, self.replica, enabled=self.metrics_enabled)
+        logger.info("follow %s: now serving step %d", self.spec.source, step)
+        return step
+
+    async def close(self) -> None:
+        """Stop following (the engine itself needs no closing)."""
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:
@@ -89,8 +158,10 @@ class EngineService:
         If the consumer stops early (a dropped client cancels the call, or closes the generator), the
         request is aborted and its blocks are freed.
         """
+        self.ensure_following()
         finished = False
-        outputs = self.engine.stream(request_id, list(prompt_token_ids), params)
+        engine = self.engine  # a follow switch mid-request leaves this request on the engine it started on
+        outputs = engine.stream(request_id, list(prompt_token_ids), params)
         try:
             async for out in outputs:
                 finished = out.finished
@@ -102,21 +173,26 @@ class EngineService:
                 self.num_aborted += 1
                 # Closing the engine's stream aborts the request; the explicit abort makes it immediate
                 # even where the close is deferred (a cancelled task, a collected generator).
-                await asyncio.shield(self.engine.abort(request_id))
+                await asyncio.shield(engine.abort(request_id))
             await outputs.aclose()
 
     async def stats(self) -> dict[str, Any]:
+        self.ensure_following()
         stats = await asyncio.to_thread(self.engine.stats)
         self.metrics.update(stats)
         data = dataclasses.asdict(stats)
         data.update(replica=self.replica, model_id=self.spec.model_id, num_aborted=self.num_aborted,
-                    prefix_cache_hit_rate=stats.prefix_cache_hit_rate)
+                    prefix_cache_hit_rate=stats.prefix_cache_hit_rate, step=self.step,
+                    num_switches=self.num_switches)
         return data
 
     async def routing_stats(self) -> dict[str, Any]:
         """What the KV-aware router reads (via Serve's record_routing_stats): cache contents and load."""
-        events = await asyncio.to_thread(self.engine.drain_kv_events)
-        self.mirror.apply(events)
+        self.ensure_following()
+        engine = self.engine
+        events = await asyncio.to_thread(engine.drain_kv_events)
+        if engine is self.engine:  # events of an engine switched away from meanwhile describe a cache now gone
+            self.mirror.apply(events)
         stats = await asyncio.to_thread(self.engine.stats)
         self.metrics.update(stats)
         return {"replica": self.replica, "block_size": int(self.engine.block_size),

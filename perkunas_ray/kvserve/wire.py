@@ -13,13 +13,14 @@ from perkunas_ray.engine.interface import RequestOutput
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """One served model as the ingress sees it: its tokenizer, context limit and chat template."""
+    """One served model as the ingress sees it: its tokenizer, context limit, chat template and checkpoint step."""
 
     model_id: str
     max_model_len: int
     vocab_size: int
     chat_template: str
     tokenizer_json: str
+    step: int | None = None  # the run's checkpoint step being served; None: a Hugging Face package
 
 
 @dataclasses.dataclass(frozen=True)
