@@ -139,3 +139,10 @@ def test_follow_fields_are_checked(tmp_path, run_dir) -> None:
     spec = parse_registry({"models": {"m": {"source": str(package), "follow": True}}}).models["m"]
     with pytest.raises(PerkunasError, match="follow needs a training run dir"):
         check_engine_available(spec)
+
+
+def test_follow_flag_goes_with_model_dir(tmp_path, capsys) -> None:
+    from perkunas_ray.cli import main
+
+    assert main(["serve", "--registry", str(tmp_path / "registry.yaml"), "--follow"]) == 2
+    assert "--follow go with --model-dir" in capsys.readouterr().err
