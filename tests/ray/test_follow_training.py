@@ -1,5 +1,5 @@
-"""Serve follows a training run on Ray Serve: training adds a durable checkpoint while a client streams, the
-served step advances within seconds, and no request fails."""
+"""Serve follows a training run in one Ray cluster: training (on the actors) adds a durable checkpoint while a
+client streams, the served step advances within seconds, and no request fails."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.stream_helpers import small_config, small_data_dir, train_in_process
+from tests.stream_helpers import small_config, small_data_dir, train_in_process, train_with_ray
 
 pytestmark = pytest.mark.ray
 
@@ -53,7 +53,8 @@ def test_serve_follows_training_without_failing_a_request(tmp_path) -> None:
         try:
             while completed[0] < 3:  # the client is streaming before training resumes
                 time.sleep(0.05)
-            assert train_in_process(small_config(data, run, max_steps=4, **SETTINGS)).step == 4
+            # Training resumes on the actors of the same Ray cluster that serves the run.
+            assert train_with_ray(small_config(data, run, max_steps=4, **SETTINGS)).step == 4
             written = time.monotonic()
             while _served_step(client) != 4:
                 assert time.monotonic() - written < 10, "the served step did not advance within 10 s"
