@@ -46,6 +46,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default="", help="where the two run dirs go (default: a temp dir)")
     p.add_argument("--sizes", default="", help="compare at these model sizes instead, e.g. 8M,30M,100M "
                                                "(shapes chosen per size; fewer steps above 50M parameters)")
+    p.add_argument("--peak-flops", type=float, default=0.0,
+                   help="with --sizes: the device's peak in GFLOP/s for MFU/HFU (default: measured fp32 matmul)")
     p.set_defaults(func=run)
 
 
