@@ -17,11 +17,12 @@ DEFAULT_RUNS = Path("runs")  # where the main job puts its run dirs and the prep
 
 
 def bundled_data_dir(cfg: RunConfig, root: Path = DEFAULT_RUNS) -> Path:
-    """The bundled corpus prepared for this model's context (reused once prepared)."""
-    out = root / "data" / f"bundled-seq{cfg.model.max_seq_len}"
+    """The bundled corpus prepared for this model's context and vocabulary (reused once prepared)."""
+    seq_len, vocab_size = cfg.model.max_seq_len, cfg.model.vocab_size
+    out = root / "data" / f"bundled-seq{seq_len}-v{vocab_size}"
     if not (out / "manifest.json").is_file():
         print(f"preparing the bundled corpus in {out} ...", flush=True)
-        prepare_corpus(out, seq_len=cfg.model.max_seq_len, show_progress=False, overwrite=True)
+        prepare_corpus(out, seq_len=seq_len, vocab_size=vocab_size, show_progress=False, overwrite=True)
     return out
 
 
