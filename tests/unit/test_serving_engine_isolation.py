@@ -9,30 +9,17 @@ from typing import Any
 import pytest
 import torch
 
-from perkunas_ray.config import ModelConfig
-from perkunas_ray.engine import KVPolicy, SamplingParams
+from perkunas_ray.engine import SamplingParams
 from perkunas_ray.engine.interface import SEED_MAX, RequestFailedError
 from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.sampler import Sampler
-from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
 from perkunas_ray.errors import ConfigError
-from perkunas_ray.model.decoder import build_model
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 PROMPT = "Once upon a time there was a little girl"
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    return toy_tokenizer(sample_lines(300), 512)
-
-
-@pytest.fixture
-def engine(tokenizer: Any) -> NativeEngine:
-    cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                      max_seq_len=128).validate()
-    return NativeEngine(build_model(cfg, seed=10), tokenizer, 0, KVPolicy(block_size=4, num_blocks=64))
 
 
 async def _run(engine: NativeEngine, request_id: str, params: SamplingParams) -> Any:
