@@ -12,11 +12,11 @@ from safetensors import safe_open
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE, render_chat
 from perkunas_ray.checkpoint.format import sha256_file
-from perkunas_ray.model_source import load_inference_model
 from perkunas_ray.cli import main
 from perkunas_ray.export import export_hf, load_hf_package
 from perkunas_ray.export.manifest import EXPORT_MANIFEST, read_export_manifest
 from perkunas_ray.model.decoder import DecoderLM
+from perkunas_ray.model_source import load_inference_model
 from tests.unit.test_export_fixtures import (
     PROMPTS,
     load_our_model,
