@@ -25,6 +25,7 @@ from typing import NamedTuple
 import pytest
 
 from perkunas_ray.cli import main as cli_main
+from perkunas_ray.stream.build import run_name
 from perkunas_ray.telemetry.dashboard_panels import all_dashboards, expand_variables, panel_queries
 from perkunas_ray.telemetry.report import build_charts, load_run
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_INTERVAL = "2s"
 QUERY_DEADLINE_S = 150
-TRAIN_RUN = "obs-run"  # the run dir's name: the `run` tag of the training gauges
+TRAIN_RUN = "obs-run"  # the run dir's name; the `run` tag of the training gauges is its run_name
 
 
 class RaySession(NamedTuple):
@@ -257,7 +258,8 @@ def test_every_dashboard_query_returns_series(prometheus, training, serving):
     assert not empty, "dashboard panels whose query returned no series:\n" + "\n".join(empty)
     # Names as Ray exports them: the ray_ prefix, a counter's _total kept once, histogram _bucket series.
     # (A series recorded a moment after the others may come one export interval later: wait for it.)
-    for expr in (f'ray_perkunas_train_step{{run="{TRAIN_RUN}"}} > 0', "ray_perkunas_train_val_loss",
+    tag = run_name(str(training))  # the run dir's name and a digest of its path, as its actors are named
+    for expr in (f'ray_perkunas_train_step{{run="{tag}"}} > 0', "ray_perkunas_train_val_loss",
                  "ray_perkunas_serve_requests_total",
                  "ray_perkunas_serve_ttft_seconds_bucket", 'ray_perkunas_serve_requests_total{status="401"}',
                  "sum(ray_perkunas_serve_preemptions_total) > 0"):
