@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -34,6 +36,20 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
 def deploy(registry: Registry, api_tokens: Any = None, name: str = APP_NAME, route_prefix: str = "/") -> Any:
     """Build and run the app (blocks until it is healthy); returns the ingress handle."""
     return serve.run(build_registry_app(registry, api_tokens), name=name, route_prefix=route_prefix)
+
+
+@contextlib.contextmanager
+def serving(registry: Registry, api_tokens: Any = None, num_cpus: int | None = None,
+            metrics_export_port: int | None = None) -> Iterator[str]:
+    """A local Ray + Serve on a free loopback port with the registry's app deployed: yields its base URL, shuts
+    Serve and Ray down at the end (benchmarks and tests)."""
+    port = free_port()
+    start_local("127.0.0.1", port, num_cpus=num_cpus, metrics_export_port=metrics_export_port)
+    try:
+        deploy(registry, api_tokens)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        shutdown()
 
 
 def undeploy(name: str = APP_NAME, timeout_s: float = 60.0) -> None:

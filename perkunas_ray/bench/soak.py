@@ -163,17 +163,11 @@ def run(args: argparse.Namespace) -> int:
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
     model_dir = args.model_dir or make_tiny_run_dir(Path(tempfile.mkdtemp(prefix="soak_")) / "tiny")
-    port = launch.free_port()
-    url = f"http://127.0.0.1:{port}"
     print(f"soak: {args.clients} clients for {args.duration_s:.0f} s (memory baseline at {args.warmup_s:.0f} s), "
           f"model {model_dir}", flush=True)
-    launch.start_local("127.0.0.1", port, num_cpus=args.num_cpus)
-    try:
-        launch.deploy(soak_registry(model_dir), api_tokens=f"soak:{TOKEN}")
+    with launch.serving(soak_registry(model_dir), f"soak:{TOKEN}", num_cpus=args.num_cpus) as url:
         result = asyncio.run(_soak(url, args.clients, args.duration_s, args.warmup_s, args.max_tokens, args.seed))
         stats = wait_idle(url, AUTH)
-    finally:
-        launch.shutdown()
     counts = result["counts"]
     num_5xx = sum(n for key, n in counts.items() if key.split()[1].startswith("5"))
     num_error_events = sum(n for key, n in counts.items() if key.endswith("error-event"))

@@ -37,13 +37,8 @@ def server(tmp_path_factory):
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_cpus: 0\n    max_model_len: 64\n"
                         "    kv_policy: {num_blocks: 64}\n"
                         "limits: {max_n: 4, max_total_tokens: 64}\nmax_body_bytes: 65536\n")
-    port = launch.free_port()
-    launch.start_local("127.0.0.1", port, num_cpus=2)
-    try:
-        launch.deploy(load_registry(registry), api_tokens=f"fuzz:{TOKEN}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        launch.shutdown()
+    with launch.serving(load_registry(registry), f"fuzz:{TOKEN}", num_cpus=2) as url:
+        yield url
 
 
 def _errors_in(response: Any) -> list[Any]:

@@ -30,11 +30,8 @@ def test_serve_follows_training_without_failing_a_request(tmp_path) -> None:
     assert train_in_process(small_config(data, run, max_steps=2, **SETTINGS)).step == 2
     registry = parse_registry({"models": {"run": {"source": str(run), "follow": True, "follow_poll_s": 0.5,
                                                   "num_cpus": 0, "kv_policy": {"num_blocks": 64}}}})
-    port = launch.free_port()
-    launch.start_local("127.0.0.1", port, num_cpus=2)
-    try:
-        launch.deploy(registry, api_tokens=f"test:{TOKEN}")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, max_retries=0)
+    with launch.serving(registry, f"test:{TOKEN}", num_cpus=2) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
         assert _served_step(client) == 2
         stop, failures, completed = threading.Event(), [], [0]
 
@@ -68,5 +65,3 @@ def test_serve_follows_training_without_failing_a_request(tmp_path) -> None:
             streamer.join(timeout=30)
         assert failures == [], failures[:3]
         print(f"served step 2 -> 4 in {advanced_s:.2f} s after the checkpoint; {completed[0]} requests, 0 failed")
-    finally:
-        launch.shutdown()

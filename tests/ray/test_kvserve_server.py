@@ -24,14 +24,10 @@ def server(tmp_path_factory):
     registry = tmp_path_factory.mktemp("reg") / "registry.yaml"
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_replicas: 1\n    num_cpus: 0\n"
                         "    kv_policy: {num_blocks: 128}\nmax_body_bytes: 8192\n")
-    port = launch.free_port()
     METRICS_PORT[0] = launch.free_port()
-    launch.start_local("127.0.0.1", port, num_cpus=2, metrics_export_port=METRICS_PORT[0])
-    try:
-        launch.deploy(load_registry(registry), api_tokens=f"test:{TOKEN}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        launch.shutdown()
+    with launch.serving(load_registry(registry), f"test:{TOKEN}", num_cpus=2,
+                        metrics_export_port=METRICS_PORT[0]) as url:
+        yield url
 
 
 @pytest.fixture

@@ -27,13 +27,8 @@ def server(tmp_path_factory):
     registry = tmp_path_factory.mktemp("reg") / "registry.yaml"
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_cpus: 0\n    max_ongoing_requests: 1\n"
                         "    max_queued_requests: 1\n    retry_after_s: 2\n    kv_policy: {num_blocks: 256}\n")
-    port = launch.free_port()
-    launch.start_local("127.0.0.1", port, num_cpus=2)
-    try:
-        launch.deploy(load_registry(registry), api_tokens=f"test:{TOKEN}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        launch.shutdown()
+    with launch.serving(load_registry(registry), f"test:{TOKEN}", num_cpus=2) as url:
+        yield url
 
 
 def test_full_queue_is_503_with_retry_after(server) -> None:
