@@ -64,7 +64,7 @@ def load_inference_model(path: str | Path, device: str = "cpu", dtype: str = "fp
     else:
         cfg = load_run_config(path).model
         ckpt = latest_checkpoint(path) if step is None else path / CHECKPOINTS / checkpoint_dir_name(step)
-        state = load_model_state(ckpt)
+        state = load_model_state(ckpt, verify=step is not None)  # latest_checkpoint has checked the sums already
         step = int(read_state(ckpt)["step"])
         chat_template = CHAT_TEMPLATE
     tokenizer_path = path / "tokenizer.json"

@@ -91,9 +91,9 @@ class ReferenceTrainer:
                 self.model.load_state_dict(load_model_state(parent), strict=False)
             return
         ckpt = latest_checkpoint(self.run_dir)  # the newest that verifies (a corrupt newest one is skipped, with a warning)
-        self.model.load_state_dict(load_model_state(ckpt), strict=False)
+        self.model.load_state_dict(load_model_state(ckpt, verify=False), strict=False)  # verified just above
         for spec in stream_shard_specs(self.cfg.model):
-            load_optimizer_state(self.optimizer, self.names, load_shard(ckpt, spec.name, "optim"))
+            load_optimizer_state(self.optimizer, self.names, load_shard(ckpt, spec.name, "optim", verify=False))
         state = read_state(ckpt)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.cursor.load_state_dict(state["cursor"])
