@@ -39,7 +39,7 @@ class TrainRun:
     paths: RunPaths
     train_data: PackedTokenDataset
     val_data: PackedTokenDataset | None
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # the newest checkpoint that verified when the run was opened
     state: dict[str, Any]  # the checkpoint's state.json
     name: str  # names the run's Ray actors and tags its metrics
     lock: RunDirLock | None = None  # held by a run opened to write: one trainer per run dir
@@ -114,8 +114,8 @@ def local_backend(run: TrainRun) -> LocalBackend:
     cfg, paths = run.cfg, run.paths
     flusher = CheckpointFlusher(paths.durable, paths.active, cfg.checkpoint.keep_last_checkpoints,
                                 paths.mirrored_files)
-    return LocalBackend(cfg, ShardStore.from_checkpoint(cfg, run.checkpoint_dir), resolve_device(cfg.train.device),
-                        paths.active, flusher)
+    store = ShardStore.from_checkpoint(cfg, run.checkpoint_dir, verify=False)  # open_run verified it
+    return LocalBackend(cfg, store, resolve_device(cfg.train.device), paths.active, flusher)
 
 
 def train(run: TrainRun, make_backend: BackendFactory, verbose: bool = True,
@@ -140,8 +140,8 @@ def validate(run: TrainRun) -> tuple[float, int]:
     cfg = run.cfg
     if run.val_data is None:
         raise ConfigError(f"{cfg.train.val_data_dir or cfg.train.data_dir} has no validation split")
-    backend = LocalBackend(cfg, ShardStore.from_checkpoint(cfg, run.checkpoint_dir), resolve_device(cfg.train.device),
-                           run.paths.active)
+    store = ShardStore.from_checkpoint(cfg, run.checkpoint_dir, verify=False)  # open_run verified it
+    backend = LocalBackend(cfg, store, resolve_device(cfg.train.device), run.paths.active)
     try:
         return mean_eval_loss(backend.eval_losses, run.val_data, cfg, cfg.train.max_validation_batches or None)
     finally:

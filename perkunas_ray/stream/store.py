@@ -75,10 +75,11 @@ class ShardStore:
         self.update_s = 0.0
 
     @classmethod
-    def from_checkpoint(cls, cfg: RunConfig, ckpt_dir: Path) -> ShardStore:
+    def from_checkpoint(cls, cfg: RunConfig, ckpt_dir: Path, verify: bool = True) -> ShardStore:
+        """`verify=False` when this process has just verified `ckpt_dir` (open_run did): hash the files once."""
         names = [s.name for s in stream_shard_specs(cfg.model)]
-        shards = {n: load_shard(ckpt_dir, n, "shards") for n in names}
-        optim = {n: load_shard(ckpt_dir, n, "optim") for n in names}
+        shards = {n: load_shard(ckpt_dir, n, "shards", verify) for n in names}
+        optim = {n: load_shard(ckpt_dir, n, "optim", verify) for n in names}
         return cls(cfg, shards, optim)
 
     # ---- reads -------------------------------------------------------------------------------------
