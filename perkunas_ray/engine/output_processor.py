@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
+
 from perkunas_ray.engine.interface import CompletionOutput, RequestOutput, SamplingParams
 from perkunas_ray.engine.request import Request, RequestStatus
 
@@ -22,6 +24,7 @@ class SequenceState:
     num_checked_chars: int = 0  # text already searched for stop strings
     num_emitted_tokens: int = 0
     num_emitted_chars: int = 0
+    decoder: DecodeStream | None = None  # incremental detokenisation while streaming or matching stop strings
 
 
 @dataclasses.dataclass
@@ -57,6 +60,15 @@ class OutputProcessor:
         ids = seq.request.output_token_ids[:seq.text_token_end]
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
+    def decode_new(self, seq: SequenceState, token_id: int) -> None:
+        """Append the new token's text: only it is decoded, not the whole output (DecodeStream holds back an
+        unfinished UTF-8 sequence until the token that completes it)."""
+        if seq.decoder is None:
+            seq.decoder = DecodeStream(skip_special_tokens=True)
+        chunk = seq.decoder.step(self.tokenizer, token_id)
+        if chunk:
+            seq.text += chunk
+
     def append_token(self, seq: SequenceState, token_id: int, logprobs: dict[int, float] | None,
                      incremental_text: bool) -> RequestStatus | None:
         """Record a sampled token; return the finishing status if it ends the sequence."""
@@ -72,7 +84,7 @@ class OutputProcessor:
         elif token_id in params.stop_token_ids:
             status, seq.stop_reason, seq.text_token_end = RequestStatus.FINISHED_STOPPED, token_id, -1
         if params.stop and status is None:
-            seq.text = self.detokenize(seq)
+            self.decode_new(seq, token_id)
             if self._find_stop_string(seq):
                 status = RequestStatus.FINISHED_STOPPED
         if status is None and (request.num_output_tokens >= params.max_tokens
@@ -83,7 +95,7 @@ class OutputProcessor:
             if seq.stop_reason is None or isinstance(seq.stop_reason, int):
                 seq.text = self.detokenize(seq)
         elif incremental_text and not params.stop:
-            seq.text = self.detokenize(seq)
+            self.decode_new(seq, token_id)
         return status
 
     def _find_stop_string(self, seq: SequenceState) -> bool:
