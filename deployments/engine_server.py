@@ -15,8 +15,10 @@ class EngineServer:
     """Options (replicas, resources, router) are applied by `deployments.app.build_registry_app`."""
 
     def __init__(self, spec: ModelSpec) -> None:
+        import torch
         from ray import serve
 
+        torch.set_num_threads(spec.resolved_num_threads)
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (direct construction in tests)
@@ -32,6 +34,10 @@ class EngineServer:
         # service's finally then aborts the engine request, freeing its KV blocks.
         async for delta in self.service.stream(request_id, prompt_token_ids, params):
             yield delta
+
+    async def complete(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputDelta:
+        # One reply for a non-streaming request; a cancelled call aborts the engine request the same way.
+        return await self.service.complete(request_id, prompt_token_ids, params)
 
     async def stats(self) -> dict[str, Any]:
         return await self.service.stats()

@@ -58,12 +58,17 @@ class ServeBackend(Backend):
     async def fetch_info(self, model_id: str) -> ModelInfo:
         return await self._call(model_id, "info")
 
-    async def _call(self, model_id: str, method: str) -> Any:
+    async def _call(self, model_id: str, method: str, **kwargs: Any) -> Any:
         """A unary engine call, its failure told as the client should hear it (see _api_error)."""
         try:
-            return await getattr(self.handles[model_id], method).remote()
+            return await getattr(self.handles[model_id], method).remote(**kwargs)
         except Exception as exc:
             raise _api_error(exc, self.registry.models[model_id].retry_after_s) from exc
+
+    async def complete(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> OutputDelta:
+        return await self._call(model_id, "complete", request_id=request_id, prompt_token_ids=prompt_token_ids,
+                                params=params)
 
     async def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:

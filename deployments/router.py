@@ -17,7 +17,7 @@ from perkunas_ray.engine.block_hash import block_hashes
 from perkunas_ray.kvserve.metrics import RouterMetrics
 from perkunas_ray.kvserve.routing import PrefixIndex, RoutingPolicy
 
-ROUTED_METHOD = "stream"
+ROUTED_METHODS = ("stream", "complete")  # the calls that carry a prompt
 
 
 class KVAwareRequestRouter(RequestRouter):
@@ -63,7 +63,7 @@ class KVAwareRequestRouter(RequestRouter):
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         token_ids = None
-        routed = pending_request is not None and pending_request.metadata.call_method == ROUTED_METHOD
+        routed = pending_request is not None and pending_request.metadata.call_method in ROUTED_METHODS
         if routed:
             token_ids = pending_request.kwargs.get("prompt_token_ids")
         hashes = block_hashes(token_ids, self.block_size) if token_ids else []

@@ -14,12 +14,11 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.bench import load
 from perkunas_ray.engine.toy import sample_lines
 from perkunas_ray.kvserve.registry import Registry, parse_registry
 
@@ -76,76 +75,11 @@ def random_workload(n: int, seed: int = 1) -> list[str]:
 
 # ---- load generator -----------------------------------------------------------------------------
 
-async def _one(client: Any, url: str, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    arrivals: list[float] = []
-    usage: dict[str, Any] = {}
-    async with client.stream("POST", f"{url}/v1/completions", json=body,
-                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-        if resp.status_code != 200:
-            raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if chunk.get("choices") and chunk["choices"][0]["text"]:
-                arrivals.append(time.perf_counter())
-    end = time.perf_counter()
-    n_out = usage.get("completion_tokens", len(arrivals))
-    ttft = (arrivals[0] if arrivals else end) - start
-    return {"ttft": ttft, "e2e": end - start, "tpot": (end - start - ttft) / max(1, n_out - 1),
-            "itl": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], "completion_tokens": n_out,
-            "prompt_tokens": usage.get("prompt_tokens", 0),
-            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
-
-
 async def drive(url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
     """Send `prompts` in order with `concurrency` in flight; latency percentiles, throughput, prefix-hit rate."""
-    import httpx
-
-    results: list[dict[str, Any]] = [{}] * len(prompts)
-    next_index = 0
-
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency + 2)) as client:
-        async def worker() -> None:
-            nonlocal next_index
-            while next_index < len(prompts):
-                i = next_index
-                next_index += 1
-                results[i] = await _one(client, url, model, prompts[i], max_tokens)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return summarize(results, wall)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    ttft = [r["ttft"] for r in results]
-    tpot = [r["tpot"] for r in results]
-    itl = [x for r in results for x in r["itl"]]
-    prompt = sum(r["prompt_tokens"] for r in results)
-    cached = sum(r["cached_tokens"] for r in results)
-    out = sum(r["completion_tokens"] for r in results)
-    return {"num_requests": len(results), "wall_s": wall,
-            "ttft_p50_ms": 1e3 * _pct(ttft, 0.5), "ttft_p99_ms": 1e3 * _pct(ttft, 0.99),
-            "tpot_p50_ms": 1e3 * _pct(tpot, 0.5), "tpot_p99_ms": 1e3 * _pct(tpot, 0.99),
-            "itl_p50_ms": 1e3 * _pct(itl, 0.5), "itl_p99_ms": 1e3 * _pct(itl, 0.99),
-            "output_tokens_per_s": out / wall if wall else 0.0, "requests_per_s": len(results) / wall if wall else 0.0,
-            "prompt_tokens": prompt, "cached_tokens": cached, "prefix_hit_rate": cached / prompt if prompt else 0.0,
-            "mean_e2e_ms": 1e3 * statistics.fmean(r["e2e"] for r in results) if results else 0.0,
-            "cached_tokens_per_request": [r["cached_tokens"] for r in results]}
+    bodies = [{"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+               "stream_options": {"include_usage": True}} for prompt in prompts]
+    return await load.drive(url, bodies, concurrency, {"Authorization": f"Bearer {TOKEN}"})
 
 
 # ---- deployments --------------------------------------------------------------------------------

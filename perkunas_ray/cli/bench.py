@@ -1,11 +1,11 @@
-"""`perkunas bench {train,engine,kvserve,soak}`: benchmarks that run contender and baseline in one process run."""
+"""`perkunas bench {train,engine,kvserve,serve,soak}`: benchmarks that run contender and baseline in one process run."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-BENCHMARKS = ("train", "engine", "kvserve", "soak")
+BENCHMARKS = ("train", "engine", "kvserve", "serve", "soak")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

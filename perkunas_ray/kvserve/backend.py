@@ -102,6 +102,11 @@ class Backend:
                params: SamplingParams) -> AsyncIterator[OutputDelta]:
         raise NotImplementedError
 
+    async def complete(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> OutputDelta:
+        """The whole request as one delta."""
+        raise NotImplementedError
+
     async def stats(self, model_id: str) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -119,6 +124,10 @@ class LocalBackend(Backend):
     def stream(self, model_id: str, request_id: str, prompt_token_ids: list[int],
                params: SamplingParams) -> AsyncIterator[OutputDelta]:
         return self.services[model_id].stream(request_id, prompt_token_ids, params)
+
+    async def complete(self, model_id: str, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> OutputDelta:
+        return await self.services[model_id].complete(request_id, prompt_token_ids, params)
 
     async def stats(self, model_id: str) -> dict[str, Any]:
         return await self.services[model_id].stats()

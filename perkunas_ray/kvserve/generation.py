@@ -58,17 +58,14 @@ async def generate(backend: Backend, metrics: RequestMetrics, reply: Reply, req:
     timer = _Timer(metrics, model)
     metrics.prompt_tokens.inc(len(token_ids), tags={"model": model})
     acc = Accumulator(params.n)
-    deltas = backend.stream(model, reply.request_id, token_ids, params)
     if not req.stream:
-        try:
-            async for delta in deltas:
-                timer.tick(delta)
-                acc.add(delta)
-        finally:
-            await _close(deltas)
+        delta = await backend.complete(model, reply.request_id, token_ids, params)
+        timer.tick(delta)
+        acc.add(delta)
         timer.done(acc)
         metrics.request(reply.route, 200)
         return reply.response(acc)
+    deltas = backend.stream(model, reply.request_id, token_ids, params)
     # Pull the first delta before answering 200, so an engine-side refusal is still a proper error.
     try:
         first = await deltas.__anext__()

@@ -8,6 +8,7 @@ models:
     device: cpu               # cpu | cuda | cuda:N
     dtype: fp32               # fp32 | bf16 | fp16 (vllm also: auto)
     num_replicas: 2           # or autoscaling_config: {min_replicas: 1, max_replicas: 4}
+    num_cpus: 1               # Ray CPUs per replica; num_threads: torch threads (default: num_cpus)
     follow: false             # true: serve each newer checkpoint of the run as it appears (poll: follow_poll_s)
     kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}
 router: {policy: kv, imbalance_threshold: 4}
@@ -60,7 +61,11 @@ class ModelSpec:
     max_queued_requests: int = 64  # -1: unbounded
     retry_after_s: float = 1.0
     num_cpus: float = 1.0
+    num_threads: int = 0  # torch CPU threads of each replica; 0: num_cpus, rounded down, at least 1
     num_gpus: float | None = None  # None: 1 on cuda, else 0
+    # A stream's tokens go from replica to ingress in one message per this many ms (the first token at once):
+    # each message costs a Ray round trip and an SSE event whatever it carries. 0: one per engine step.
+    stream_interval_ms: float = 20.0
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 5.0
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
@@ -100,8 +105,12 @@ class ModelSpec:
         check(_is_num(self.retry_after_s) and self.retry_after_s >= 0, "retry_after_s", "a number >= 0",
               self.retry_after_s)
         check(_is_num(self.num_cpus) and self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
+        check(is_int(self.num_threads) and self.num_threads >= 0, "num_threads",
+              "an integer >= 0 (0: num_cpus threads)", self.num_threads)
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
+        check(_is_num(self.stream_interval_ms) and 0 <= self.stream_interval_ms <= 1000, "stream_interval_ms",
+              "a number of milliseconds in [0, 1000]", self.stream_interval_ms)
         for name in ("health_check_period_s", "graceful_shutdown_timeout_s"):
             value = getattr(self, name)
             check(_is_num(value) and value > 0, name, "a number > 0", value)
@@ -121,6 +130,16 @@ class ModelSpec:
         if self.num_gpus is not None:
             return float(self.num_gpus)
         return 1.0 if self.device.startswith("cuda") else 0.0
+
+    @property
+    def resolved_num_threads(self) -> int:
+        """The torch CPU threads a replica runs with: what it was given, so it neither idles cores nor
+        oversubscribes them (Ray sets OMP_NUM_THREADS only where no one did)."""
+        return self.num_threads or max(1, int(self.num_cpus))
+
+    @property
+    def stream_interval_s(self) -> float:
+        return self.stream_interval_ms / 1e3
 
     def policy_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.kv_policy)

@@ -20,6 +20,8 @@ from typing import Any
 from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.engine.interface import Engine, KVEvent, SamplingParams
 from perkunas_ray.errors import CheckpointError, ConfigError, PerkunasError
+from perkunas_ray.kvserve.busy import BusyClock
+from perkunas_ray.kvserve.coalesce import coalesce, merge_deltas
 from perkunas_ray.kvserve.follow import RunFollower
 from perkunas_ray.kvserve.metrics import EngineMetrics
 from perkunas_ray.kvserve.registry import ModelSpec
@@ -98,6 +100,7 @@ class EngineService:
         self.chat_template = _chat_template(spec, self.engine)
         self.num_aborted = 0
         self.num_switches = 0
+        self.busy = BusyClock()
         self.follower = RunFollower(spec.source) if spec.follow else None
         self._follow_task: asyncio.Task[None] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts it
@@ -153,15 +156,33 @@ class EngineService:
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:
-        """Yield the request's deltas; the last has finished=True.
+        """Yield the request's deltas, coalesced (see `coalesce`); the last has finished=True.
 
         If the consumer stops early (a dropped client cancels the call, or closes the generator), the
         request is aborted and its blocks are freed.
         """
+        deltas = coalesce(self._engine_deltas(request_id, prompt_token_ids, params), self.spec.stream_interval_s)
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+
+    async def complete(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputDelta:
+        """The whole request as one delta (a non-streaming request crosses the wire once, not once per token)."""
+        deltas = []
+        async for delta in self._engine_deltas(request_id, prompt_token_ids, params):
+            deltas.append(delta)
+        return merge_deltas(deltas)
+
+    async def _engine_deltas(self, request_id: str, prompt_token_ids: list[int],
+                             params: SamplingParams) -> AsyncIterator[OutputDelta]:
+        """The engine's outputs as deltas, one per engine step; an early stop aborts the request."""
         self.ensure_following()
         finished = False
         engine = self.engine  # a follow switch mid-request leaves this request on the engine it started on
-        outputs = engine.stream(request_id, list(prompt_token_ids), params)
+        outputs = engine.stream(request_id, prompt_token_ids, params)
+        self.busy.enter()
         try:
             async for out in outputs:
                 finished = out.finished
@@ -169,6 +190,7 @@ class EngineService:
                 if finished:
                     return
         finally:
+            self.busy.leave()
             if not finished:
                 self.num_aborted += 1
                 # Closing the engine's stream aborts the request; the explicit abort makes it immediate
@@ -183,7 +205,7 @@ class EngineService:
         data = dataclasses.asdict(stats)
         data.update(replica=self.replica, model_id=self.spec.model_id, num_aborted=self.num_aborted,
                     prefix_cache_hit_rate=stats.prefix_cache_hit_rate, step=self.step,
-                    num_switches=self.num_switches)
+                    num_switches=self.num_switches, busy_s=self.busy.seconds())
         return data
 
     async def routing_stats(self) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""An HTTP load client for OpenAI `/v1/completions` streams: per-request timings, and their summary over a run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+
+async def stream_completion(client: Any, url: str, body: dict[str, Any],
+                            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Send one streaming completion; its TTFT, end-to-end time, gaps between text chunks and token counts.
+
+    Tokens are counted from the final usage chunk when the server sends one, else as text chunks (one token
+    each, as a server that sends one chunk per token).
+    """
+    start = time.perf_counter()
+    arrivals: list[float] = []
+    usage: dict[str, Any] = {}
+    async with client.stream("POST", f"{url}/v1/completions", json={**body, "stream": True},
+                             headers=headers or {}) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                arrivals.append(time.perf_counter())
+    end = time.perf_counter()
+    n_out = usage.get("completion_tokens") or len(arrivals)
+    ttft = (arrivals[0] if arrivals else end) - start
+    return {"ttft": ttft, "e2e": end - start, "tpot": (end - start - ttft) / max(1, n_out - 1),
+            "itl": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], "completion_tokens": n_out,
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+
+
+async def drive(url: str, bodies: list[dict[str, Any]], concurrency: int,
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Send `bodies` in order with `concurrency` streams in flight; the summary (see `summarize`)."""
+    import httpx
+
+    results: list[dict[str, Any]] = [{}] * len(bodies)
+    next_index = 0
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 2)) as client:
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < len(bodies):
+                i = next_index
+                next_index += 1
+                results[i] = await stream_completion(client, url, bodies[i], headers)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summarize(results, wall)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """Latency percentiles (ms), throughput and prefix-hit rate of a run's per-request timings."""
+    ttft = [r["ttft"] for r in results]
+    tpot = [r["tpot"] for r in results]
+    itl = [x for r in results for x in r["itl"]]
+    prompt = sum(r["prompt_tokens"] for r in results)
+    cached = sum(r["cached_tokens"] for r in results)
+    out = sum(r["completion_tokens"] for r in results)
+    return {"num_requests": len(results), "wall_s": wall, "output_tokens": out,
+            "ttft_p50_ms": 1e3 * percentile(ttft, 0.5), "ttft_p99_ms": 1e3 * percentile(ttft, 0.99),
+            "tpot_p50_ms": 1e3 * percentile(tpot, 0.5), "tpot_p99_ms": 1e3 * percentile(tpot, 0.99),
+            "itl_p50_ms": 1e3 * percentile(itl, 0.5), "itl_p99_ms": 1e3 * percentile(itl, 0.99),
+            "output_tokens_per_s": out / wall if wall else 0.0, "requests_per_s": len(results) / wall if wall else 0.0,
+            "prompt_tokens": prompt, "cached_tokens": cached, "prefix_hit_rate": cached / prompt if prompt else 0.0,
+            "mean_e2e_ms": 1e3 * statistics.fmean(r["e2e"] for r in results) if results else 0.0,
+            "cached_tokens_per_request": [r["cached_tokens"] for r in results]}

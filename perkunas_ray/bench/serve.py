@@ -1,0 +1,265 @@
+"""`perkunas bench serve`: what the serving stack costs beside its engine, layer by layer, and (with
+`--vs-llamacpp`) how it compares with llama.cpp's `llama-server` on the same weights and workload.
+
+Workload: N concurrent `/v1/completions` streams (greedy, ignore_eos, a P-token prompt of random token ids, T
+tokens out) for each N of --streams; each round sends N fresh prompts at once; median of --rounds. Model: a
+preset (default `speed`) with random weights (greedy + ignore_eos make the work independent of quality).
+Measured in one run, same threads for every side:
+  engine      the engine in this process (`NativeEngine.stream`, as a replica drives it)
+  replica     the engine inside the Serve replica, by the replica's own timing (busy time / tokens streamed)
+  handle      a DeploymentHandle stream from this process to the replica (replica + the replica -> caller hop)
+  http        the whole stack: HTTP -> Serve proxy -> ingress -> replica
+  llama.cpp   `llama-server -np 16 -t THREADS` on our f32 GGUF export of the same weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from perkunas_ray.bench import load
+from perkunas_ray.bench.llama_server import llama_server
+from perkunas_ray.kvserve.registry import Registry, parse_registry
+
+MODEL = "bench"
+TOKEN = "bench-token"
+GOAL_STACK_COST = 1.25  # engine in-process tok/s / serve tok/s, at most
+GOAL_VS_LLAMACPP = {1: 0.8, 16: 1.0}  # serve tok/s / llama-server tok/s, at least (by stream count)
+LAYERS = ("engine", "replica", "handle", "http")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serving stack vs engine in-process (ms per token by layer), "
+                              "optionally vs llama.cpp's llama-server")
+    p.add_argument("--preset", default="speed", help="model preset (random weights), default speed")
+    p.add_argument("--streams", default="1,4,16", help="comma-separated numbers of concurrent streams")
+    p.add_argument("--prompt-tokens", type=int, default=25)
+    p.add_argument("--new-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per stream count (median)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the engine (in-process and replica) "
+                   "and of llama-server")
+    p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
+                   help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+# ---- workload -----------------------------------------------------------------------------------
+
+def workload(streams: list[int], rounds: int, prompt_tokens: int, vocab_size: int,
+             seed: int) -> dict[int, list[list[list[int]]]]:
+    """Fresh prompts for every round (no prefix-cache hits across rounds): streams -> rounds -> N prompts."""
+    rng = random.Random(seed)
+    return {n: [[[rng.randrange(1, vocab_size) for _ in range(prompt_tokens)] for _ in range(n)]
+                for _ in range(rounds + 1)]  # round 0 warms up
+            for n in streams}
+
+
+def completion_bodies(prompts: list[list[int]], new_tokens: int) -> list[dict[str, Any]]:
+    return [{"model": MODEL, "prompt": p, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True,
+             "stream_options": {"include_usage": True}} for p in prompts]
+
+
+def bench_registry(run_dir: Path, threads: int) -> Registry:
+    return parse_registry({"models": {MODEL: {
+        "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": threads,
+        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}}}, "router": {"policy": "kv"}})
+
+
+# ---- timed sides --------------------------------------------------------------------------------
+
+async def _timed_deltas(deltas: Any, count_tokens: Any) -> dict[str, Any]:
+    """Per-request timings of an async iterator of deltas (`count_tokens(delta)` tokens each)."""
+    start = time.perf_counter()
+    arrivals, n_out = [], 0
+    async for delta in deltas:
+        n = count_tokens(delta)
+        if n:
+            arrivals.append(time.perf_counter())
+            n_out += n
+    end = time.perf_counter()
+    ttft = (arrivals[0] if arrivals else end) - start
+    return {"ttft": ttft, "e2e": end - start, "tpot": (end - start - ttft) / max(1, n_out - 1),
+            "itl": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], "completion_tokens": n_out,
+            "prompt_tokens": 0, "cached_tokens": 0}
+
+
+async def _concurrent(make_stream: Any, prompts: list[list[int]], count_tokens: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    results = await asyncio.gather(*(_timed_deltas(make_stream(p), count_tokens) for p in prompts))
+    return load.summarize(list(results), time.perf_counter() - start)
+
+
+def engine_side(spec: Any, threads: int) -> Any:
+    """A round runner over the engine in this process, built as the replica builds it."""
+    import torch
+
+    from perkunas_ray.engine.interface import SamplingParams
+    from perkunas_ray.kvserve.service import build_engine
+
+    torch.set_num_threads(threads)
+    engine, _ = build_engine(spec)
+
+    def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        return asyncio.run(_concurrent(lambda p: engine.stream(uuid.uuid4().hex, p, params), prompts,
+                                       lambda out: len(out.outputs[0].delta_token_ids)))
+    return round_
+
+
+def handle_side(handle: Any) -> Any:
+    """A round runner streaming from the engine replica by DeploymentHandle; also reads the replica's timing."""
+    from perkunas_ray.engine.interface import SamplingParams
+
+    def stream(prompt: list[int], params: SamplingParams) -> Any:
+        return handle.options(stream=True).stream.remote(request_id=uuid.uuid4().hex, prompt_token_ids=prompt,
+                                                         params=params)
+
+    def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+
+        async def go() -> dict[str, Any]:
+            before = await handle.stats.remote()
+            result = await _concurrent(lambda p: stream(p, params), prompts,
+                                       lambda d: sum(len(c.token_ids) for c in d.choices))
+            after = await handle.stats.remote()
+            busy = after.get("busy_s", 0.0) - before.get("busy_s", 0.0)
+            tokens = after["num_generated_tokens"] - before["num_generated_tokens"]
+            result["replica_tokens_per_s"] = tokens / busy if busy > 0 else 0.0
+            return result
+        return asyncio.run(go())
+    return round_
+
+
+def http_side(url: str, headers: dict[str, str] | None = None) -> Any:
+    def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens), len(prompts), headers))
+    return round_
+
+
+def measure(round_: Any, prompts_by_streams: dict[int, list[list[list[int]]]], new_tokens: int,
+            name: str) -> dict[int, dict[str, Any]]:
+    """Per stream count: median tok/s over the rounds (after a warm-up round), latency percentiles of all."""
+    out = {}
+    for n, rounds in prompts_by_streams.items():
+        round_(rounds[0][:min(n, 4)], 8)  # warm-up: first-call costs, thread pools, connections
+        results = [round_(prompts, new_tokens) for prompts in rounds[1:]]
+        expected = n * new_tokens
+        short = [r["output_tokens"] for r in results if r["output_tokens"] != expected]
+        if short:
+            print(f"  warning: {name} at {n} streams produced {short} tokens per round, not {expected}")
+        row = {"tokens_per_s": statistics.median(r["output_tokens_per_s"] for r in results)}
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms"):
+            row[key] = statistics.median(r[key] for r in results)
+        if "replica_tokens_per_s" in results[0]:
+            row["replica_tokens_per_s"] = statistics.median(r["replica_tokens_per_s"] for r in results)
+        out[n] = row
+        print(f"  {name:10s} {n:>3} streams: {row['tokens_per_s']:8.1f} tok/s, TTFT p50 {row['ttft_p50_ms']:.1f} ms, "
+              f"ITL p50 {row['itl_p50_ms']:.2f} ms", flush=True)
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def breakdown(results: dict[str, dict[int, dict[str, Any]]], streams: list[int]) -> dict[int, dict[str, float]]:
+    """ms per output token at each layer, and what each layer adds (engine -> replica -> hop -> ingress+HTTP)."""
+    table = {}
+    for n in streams:
+        ms = {layer: 1e3 / results[layer][n]["tokens_per_s"] for layer in ("engine", "handle", "http")}
+        replica_tps = results["handle"][n].get("replica_tokens_per_s") or 0.0
+        ms["replica"] = 1e3 / replica_tps if replica_tps else float("nan")
+        table[n] = {"engine_ms": ms["engine"], "replica_ms": ms["replica"],
+                    "replica_vs_engine_ms": ms["replica"] - ms["engine"],
+                    "hop_ms": ms["handle"] - ms["replica"], "ingress_http_ms": ms["http"] - ms["handle"],
+                    "serve_ms": ms["http"], "stack_cost": ms["http"] / ms["engine"]}
+    return table
+
+
+def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int, dict[str, float]],
+                 streams: list[int]) -> dict[str, Any]:
+    def row(label: str, cells: list[Any], fmt: str = "{:>10.1f}") -> None:
+        print(f"  {label:34s}" + "".join(fmt.format(c) for c in cells))
+
+    print("\noutput tok/s" + " " * 25 + "".join(f"{n:>7} str" for n in streams))
+    for side in results:
+        row(side, [results[side][n]["tokens_per_s"] for n in streams])
+    print("\nms per output token (aggregate)")
+    for key, label in (("engine_ms", "engine in-process"), ("replica_ms", "engine in the replica (own timing)"),
+                       ("replica_vs_engine_ms", "  replica - engine (CPU shared)"),
+                       ("hop_ms", "  + replica -> caller hop"), ("ingress_http_ms", "  + ingress, proxy, HTTP"),
+                       ("serve_ms", "= serve over HTTP")):
+        row(label, [table[n][key] for n in streams], "{:>10.3f}")
+    print("\nlatency (ms)")
+    for side in results:
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"):
+            row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
+    ratios: dict[str, Any] = {"stack_cost": {n: table[n]["stack_cost"] for n in streams}}
+    print("\nstack cost (engine tok/s / serve tok/s; goal <= "
+          f"{GOAL_STACK_COST}):" + "".join(f"{ratios['stack_cost'][n]:>8.2f}" for n in streams))
+    if "llama.cpp" in results:
+        ratios["vs_llamacpp"] = {n: results["http"][n]["tokens_per_s"] / results["llama.cpp"][n]["tokens_per_s"]
+                                 for n in streams}
+        ratios["engine_vs_llamacpp"] = {
+            n: results["engine"][n]["tokens_per_s"] / results["llama.cpp"][n]["tokens_per_s"] for n in streams}
+        print("serve / llama-server tok/s:" + " " * 21 + "".join(f"{ratios['vs_llamacpp'][n]:>8.2f}" for n in streams)
+              + "   (goal >= " + ", ".join(f"{g} at {n}" for n, g in GOAL_VS_LLAMACPP.items()) + ")")
+        print("engine in-process / llama-server tok/s:" + " " * 9
+              + "".join(f"{ratios['engine_vs_llamacpp'][n]:>8.2f}" for n in streams))
+    return ratios
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray import serve
+    from tokenizers import Tokenizer
+
+    from deployments import launch
+    from perkunas_ray.kvserve.serve_options import deployment_name
+    from perkunas_ray.kvserve.toy import make_model_run_dir
+    from perkunas_ray.model.decoder import count_parameters
+    from perkunas_ray.model.presets import load_preset
+
+    streams = [int(s) for s in args.streams.split(",")]
+    cfg = load_preset(args.preset)
+    if args.prompt_tokens + args.new_tokens > cfg.max_seq_len:
+        raise SystemExit(f"bench serve: --prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} "
+                         f"exceeds preset {args.preset}'s context of {cfg.max_seq_len} tokens")
+    if args.vs_llamacpp and not Path(args.vs_llamacpp).is_file():
+        raise SystemExit(f"bench serve: --vs-llamacpp {args.vs_llamacpp}: no such file (a llama-server binary)")
+    work_dir = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    run_dir = make_model_run_dir(work_dir / "run", cfg, num_lines=100_000, seed=args.seed)
+    # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
+    vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
+    prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
+    registry = bench_registry(run_dir, args.threads)
+    print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
+          f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
+          f"out, greedy, median of {args.rounds} rounds", flush=True)
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    results["engine"] = measure(engine_side(registry.models[MODEL], args.threads), prompts, args.new_tokens,
+                                "engine")
+    with launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads) as url:
+        handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
+        results["handle"] = measure(handle_side(handle), prompts, args.new_tokens, "handle")
+        results["http"] = measure(http_side(url, {"Authorization": f"Bearer {TOKEN}"}), prompts, args.new_tokens,
+                                  "http")
+    if args.vs_llamacpp:
+        from perkunas_ray.export import export_gguf
+
+        gguf = export_gguf(run_dir, work_dir / "model.gguf", dtype="f32")
+        with llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len) \
+                as url:
+            results["llama.cpp"] = measure(http_side(url), prompts, args.new_tokens, "llama.cpp")
+    table = breakdown(results, streams)
+    ratios = print_report(results, table, streams)
+    print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
+                      "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
+                      "results": results, "breakdown_ms_per_token": table, **ratios}))
+    return 0

@@ -1,0 +1,95 @@
+"""Stream coalescing: a request's engine deltas go out as few wire messages, the first one never delayed.
+
+Every message from a replica to the ingress costs a Ray round trip and an SSE event, whatever it carries; one
+per engine step per request made the stack cost more than the engine. So the first delta goes out as soon as it
+exists (time to first token is the engine's), and after that one message carries whatever deltas came in during
+`interval_s` after the previous one (or while its consumer was busy). The last delta ends the wait early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+from perkunas_ray.kvserve.wire import ChoiceDelta, OutputDelta
+
+_END = object()
+
+
+def merge_deltas(deltas: list[OutputDelta]) -> OutputDelta:
+    """One delta saying what `deltas` (consecutive, of one request) say together."""
+    if len(deltas) == 1:
+        return deltas[0]
+    choices: dict[int, ChoiceDelta] = {}
+    for delta in deltas:
+        for c in delta.choices:
+            prev = choices.get(c.index)
+            if prev is None:
+                choices[c.index] = c
+                continue
+            logprobs = None if prev.logprobs is None and c.logprobs is None else \
+                (prev.logprobs or []) + (c.logprobs or [])
+            choices[c.index] = ChoiceDelta(c.index, prev.token_ids + c.token_ids, prev.text + c.text, c.num_tokens,
+                                           c.finish_reason or prev.finish_reason, logprobs)
+    last = deltas[-1]
+    prompt_logprobs = next((d.prompt_logprobs for d in deltas if d.prompt_logprobs is not None), None)
+    return dataclasses.replace(last, choices=[choices[i] for i in sorted(choices)], prompt_logprobs=prompt_logprobs)
+
+
+async def coalesce(source: AsyncIterator[OutputDelta], interval_s: float) -> AsyncIterator[OutputDelta]:
+    """Re-yield `source` as merged deltas: the first at once, then one per `interval_s` at most (see module doc).
+
+    `source` runs in its own task, so the engine's output is taken as it comes; closing this generator cancels
+    that task (which closes `source`).
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    wake: asyncio.Future[None] | None = None  # set while waiting out an interval: the last delta ends the wait
+
+    async def pump() -> None:
+        try:
+            async for delta in source:
+                queue.put_nowait(delta)
+                if delta.finished and wake is not None and not wake.done():
+                    wake.set_result(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put_nowait(exc)
+        queue.put_nowait(_END)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    task = loop.create_task(pump())
+    try:
+        next_send = 0.0
+        while True:
+            item = await queue.get()
+            now = loop.time()
+            if item is not _END and not isinstance(item, BaseException) and not item.finished and now < next_send:
+                wake = loop.create_future()
+                timer = loop.call_later(next_send - now, lambda w=wake: w.done() or w.set_result(None))
+                await wake
+                timer.cancel()
+                wake = None
+            batch: list[OutputDelta] = []
+            while True:
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    if batch:  # what came before the failure still goes out first
+                        yield merge_deltas(batch)
+                    raise item
+                batch.append(item)  # type: ignore[arg-type]
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                next_send = loop.time() + interval_s
+                yield merge_deltas(batch)
+            if item is _END:
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
