@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from perkunas_ray.checkpoint.flush import CheckpointFlusher
@@ -19,8 +20,8 @@ class CheckpointFlusherActor:
         self.core = CheckpointFlusher(durable, active_dir, keep_last, run_files)
         self.metrics = TrainMetrics(run_name)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        return os.getpid()
 
     def flush(self, step: int) -> int:
         return self.core.flush(step)
@@ -28,5 +29,7 @@ class CheckpointFlusherActor:
     def emit(self, record: dict[str, Any], event: str = "step") -> None:
         if event == "validation":
             self.metrics.record_validation(float(record["val_loss"]))
+        elif event == "worker":
+            self.metrics.record_worker(record)
         else:
             self.metrics.record_step(record)

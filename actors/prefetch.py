@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from perkunas_ray.stream.prefetch import ObjectPrefetcher
@@ -11,8 +12,8 @@ class PrefetchActor:
     def __init__(self, window: int) -> None:
         self.core = ObjectPrefetcher(window)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        return os.getpid()
 
     def stage(self, schedule: list[list[Any]]) -> int:
         return self.core.stage(schedule)

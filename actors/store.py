@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ class ShardStoreActor:
         prepare_worker_process(1)  # optimizer updates sit on the path to the next forward too
         self.core = ShardStore.from_checkpoint(cfg, Path(ckpt_dir))
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        return os.getpid()
 
     def get_shard(self, name: str) -> dict[str, np.ndarray]:
         return self.core.shard_arrays(name)

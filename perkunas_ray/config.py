@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -280,18 +280,26 @@ AUTO = -1.0  # a Ray resource figure the builder picks from the device and the c
 
 @dataclasses.dataclass
 class RayConfig:
-    """How the training actors are placed on Ray: resources, restarts, namespace (the actor builder reads these)."""
+    """How training runs on Ray: the data-parallel workers (Ray Train), their resources, restarts, namespace."""
 
     namespace: str = "perkunas"
-    max_restarts: int = 0  # 0: an actor death ends the run with an error naming the checkpoint to resume from
-    compute_num_cpus: float = AUTO  # -1: 1 on CPU, 0 beside a GPU
-    compute_num_gpus: float = AUTO  # -1: 1 when training on CUDA (train.device cuda, or auto on a GPU cluster)
-    compute_threads: int = 0  # torch threads of the compute actor (0: all the node's cores)
+    num_workers: int = 1  # data-parallel compute workers; each takes its slice of every global batch
+    worker_cpus: float = AUTO  # per worker; -1: 1 on CPU, 0 beside a GPU
+    worker_gpus: float = AUTO  # per worker; -1: 1 when training on CUDA (train.device cuda, or auto on a GPU cluster)
+    compute_threads: int = 0  # torch threads of each worker (0: all the node's cores)
+    max_failures: int = 3  # group restarts from the newest durable checkpoint after a death; 0: fail at once
+
+    # Older config files (run dirs' config.json) name the one compute actor's resources; they are the workers'
+    # now. Its actor restarts (max_restarts) are gone: a restarted store would have lost the run's state.
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"compute_num_cpus": "worker_cpus", "compute_num_gpus": "worker_gpus",
+                                             "max_restarts": ""}
 
     def validate(self, prefix: str = "ray") -> RayConfig:
         check(bool(self.namespace), f"{prefix}.namespace", "a non-empty name", self.namespace)
-        check(self.max_restarts >= 0, f"{prefix}.max_restarts", ">= 0", self.max_restarts)
-        for name in ("compute_num_cpus", "compute_num_gpus"):
+        check(is_int(self.num_workers) and self.num_workers >= 1, f"{prefix}.num_workers", ">= 1",
+              self.num_workers)
+        check(self.max_failures >= -1, f"{prefix}.max_failures", ">= 0, or -1 for no limit", self.max_failures)
+        for name in ("worker_cpus", "worker_gpus"):
             value = getattr(self, name)
             check(value == AUTO or value >= 0, f"{prefix}.{name}", ">= 0, or -1 for automatic", value)
         check(self.compute_threads >= 0, f"{prefix}.compute_threads", ">= 0 (0: all cores)", self.compute_threads)
@@ -323,5 +331,9 @@ class RunConfig:
         unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"config has unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        ray_section = data.get("ray") or {}
+        if isinstance(ray_section, dict):
+            renamed = {RayConfig.LEGACY_KEYS.get(k, k): v for k, v in ray_section.items()}
+            data = {**data, "ray": {k: v for k, v in renamed.items() if k}}
         parts = {name: from_dict(kind, data.get(name) or {}, name) for name, kind in SECTIONS.items()}
         return cls(**parts)

@@ -1,4 +1,5 @@
-"""`python -m perkunas_ray.train`: init shards, train on Ray actors, validate; with no arguments, the main job.
+"""`python -m perkunas_ray.train`: init shards, train on Ray (Ray Train workers + actors), validate; with no
+arguments, the main job.
 
 With no arguments it prepares the corpus bundled in the package (once, under ./runs/data), initialises
 the `tiny` profile in a new run dir under ./runs/ and trains it, then says where the run, its telemetry
@@ -101,7 +102,8 @@ def connect_ray(args: argparse.Namespace, namespace: str) -> bool:
 
 
 def train_run(run: TrainRun, args: argparse.Namespace, started: float) -> None:
-    """Train the opened run on Ray actors (or in this process) and say where its results are."""
+    """Train the opened run on Ray (ray.num_workers data-parallel workers) or in this process, and say where
+    its results are."""
     verbose = not args.quiet
     if run.state["step"] and verbose:
         print(f"resuming from {run.checkpoint_dir} (step {run.state['step']}, {run.state['tokens_seen']:,} tokens)",
@@ -111,11 +113,11 @@ def train_run(run: TrainRun, args: argparse.Namespace, started: float) -> None:
     else:  # Ray loads only when the run trains on it (`perkunas --help` and --in-process stay quick)
         import ray
 
-        from actors.driver import ray_backend
+        from actors.driver import train_on_ray
 
         ray_started = connect_ray(args, run.cfg.ray.namespace)
         try:
-            result = train(run, ray_backend, verbose)
+            result = train_on_ray(run, verbose)
         finally:
             if ray_started:
                 ray.shutdown()

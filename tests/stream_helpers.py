@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from actors.driver import ray_backend
+from actors.driver import train_on_ray
 from perkunas_ray.config import ModelConfig, RunConfig
 from perkunas_ray.data import bundled_corpus_path, prepare_corpus
 from perkunas_ray.stream.build import TrainRun, local_backend, open_run, train
@@ -59,8 +59,8 @@ def train_in_process(cfg: RunConfig, verbose: bool = False) -> TrainResult:
 
 
 def train_with_ray(cfg: RunConfig, verbose: bool = False) -> TrainResult:
-    """Init (if needed) and train a run on the actors, in an already initialised Ray."""
-    return train(open_or_init(cfg), ray_backend, verbose)
+    """Init (if needed) and train a run on Ray Train workers and the run's actors, in an already initialised Ray."""
+    return train_on_ray(open_or_init(cfg), verbose)
 
 
 def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -5,7 +5,9 @@ Same model, same batches, one process run. The streaming runtime gets a byte bud
 warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and where the
 streamed step's time goes: forward, replay + backward, the store's update math, and orchestration
 (the rest: hand-offs, object-store copies, actor calls). --sizes runs the comparison at several
-model sizes and prints one row per size with MFU/HFU estimates.
+model sizes and prints one row per size with MFU/HFU estimates. On Ray (not --in-process) the
+streamed run trains on one Ray Train worker after the reference's steps. --num-workers 1,2 measures
+data-parallel scaling instead (perkunas_ray/bench/train_scaling.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perkunas_ray.bench.train_scaling import run_scaling
 from perkunas_ray.bench.train_sizes import run_sizes
 from perkunas_ray.config import ModelConfig, RunConfig
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.run_setup import bundled_data_dir
-from perkunas_ray.stream.build import BackendFactory, local_backend, open_run
+from perkunas_ray.stream.build import local_backend, open_run
+from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -46,6 +50,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default="", help="where the two run dirs go (default: a temp dir)")
     p.add_argument("--sizes", default="", help="compare at these model sizes instead, e.g. 8M,30M,100M "
                                                "(shapes chosen per size; fewer steps above 50M parameters)")
+    p.add_argument("--num-workers", default="",
+                   help="data-parallel scaling instead: train on Ray Train with each of these worker counts, e.g. "
+                        "1,2 (per-worker batch fixed); tokens/s and the share of step time in gradient reduction")
     p.add_argument("--peak-flops", type=float, default=0.0,
                    help="with --sizes: the device's peak in GFLOP/s for MFU/HFU (default: measured fp32 matmul)")
     p.set_defaults(func=run)
@@ -108,22 +115,11 @@ class ReferenceRunner:
 
 
 class StreamRunner:
-    """The streaming runtime's loop, stepped from outside; each step's time includes waiting for its updates."""
+    """The in-process streaming loop, stepped from outside; each step's time includes waiting for its updates."""
 
-    def __init__(self, cfg: RunConfig, args: argparse.Namespace) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
         self.run = run = open_run(cfg, init=True)
-        self.ray_started = False
-        make_backend: BackendFactory = local_backend
-        if not args.in_process:
-            import ray
-
-            from actors.driver import ray_backend
-
-            if not ray.is_initialized():
-                ray.init(address="local", include_dashboard=False, namespace=cfg.ray.namespace)
-                self.ray_started = True
-            make_backend = ray_backend
-        self.backend = make_backend(run)
+        self.backend = local_backend(run)
         self.loop = run.loop(self.backend, verbose=False)
 
     def step(self) -> dict[str, Any]:
@@ -136,10 +132,26 @@ class StreamRunner:
     def close(self) -> None:
         self.backend.close()
         self.run.close()
-        if self.ray_started:
-            import ray
 
+
+def ray_stream_records(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The whole streamed run on Ray Train (one worker) and its actors; its step records from the run's log.
+    A step's time there includes waiting for the previous step's updates, as the in-process runner's does."""
+    import ray
+
+    from actors.driver import train_on_ray
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address="local", include_dashboard=False, namespace=cfg.ray.namespace)
+    try:
+        with open_run(cfg, init=True) as run:
+            train_on_ray(run, verbose=False)
+    finally:
+        if started_ray:
             ray.shutdown()
+    steps = [r for r in read_log(Path(cfg.checkpoint.run_dir) / TRAIN_LOG) if r["event"] == "step"]
+    return [{**r, "wall_s": r["step_time_s"]} for r in steps]
 
 
 def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
@@ -165,14 +177,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     stream_cfg.stream.max_resident_shards = 2
     ref_cfg = bench_config(args, data_dir, work / "reference")
     started = time.perf_counter()
-    reference, streaming = ReferenceRunner(ref_cfg), StreamRunner(stream_cfg, args)
+    reference = ReferenceRunner(ref_cfg)
     ref, stream = [], []
-    try:  # interleaved, so load from elsewhere on the machine falls on both alike
-        for _ in range(args.warmup + args.steps):
-            ref.append(reference.step())
-            stream.append(streaming.step())
-    finally:
-        streaming.close()
+    if args.in_process:
+        streaming = StreamRunner(stream_cfg)
+        try:  # interleaved, so load from elsewhere on the machine falls on both alike
+            for _ in range(args.warmup + args.steps):
+                ref.append(reference.step())
+                stream.append(streaming.step())
+        finally:
+            streaming.close()
+    else:  # Ray Train runs the loop in its worker: the reference steps first, then the streamed run
+        ref = [reference.step() for _ in range(args.warmup + args.steps)]
+        stream = ray_stream_records(stream_cfg)
     for r in ref + stream:
         r["tokens_per_s"] = r["tokens_per_s"] * r["step_time_s"] / r["wall_s"]
         r["step_time_s"] = r["wall_s"]
@@ -193,7 +210,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "stream_within_budget": stream_peak <= stream_cfg.stream.max_resident_bytes,
         "wait_share": wait_share, "stream_step_s": median(stream, "step_time_s", w),
         "reference_step_s": median(ref, "step_time_s", w), "stream_breakdown_s": breakdown(stream, w),
-        "wall_s": time.perf_counter() - started, "runtime": "in-process" if args.in_process else "ray-actors",
+        "wall_s": time.perf_counter() - started, "runtime": "in-process" if args.in_process else "ray-train",
     }
 
 
@@ -217,6 +234,8 @@ def print_comparison(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.num_workers:
+        return run_scaling(args, bench_config)
     if args.sizes:
         return run_sizes(args, compare)
     result = compare(args)

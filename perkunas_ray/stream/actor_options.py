@@ -1,4 +1,4 @@
-"""The Ray options of a run's actors, from config: names, namespace, restarts and the compute actor's resources."""
+"""The Ray options of a run, from config: its helper actors' names and options, and each worker's resources."""
 
 from __future__ import annotations
 
@@ -6,20 +6,30 @@ from typing import Any
 
 from perkunas_ray.config import AUTO, RunConfig
 
+# The actors a run's rank-0 worker starts beside the workers (recreated on every (re)start of the group).
+HELPER_ROLES = ("shard_store", "prefetch", "checkpoint_flusher", "ref_board")
+
 
 def actor_name(run_name: str, role: str) -> str:
     return f"perkunas:{run_name}:{role}"
 
 
-def actor_options(cfg: RunConfig, run_name: str, role: str, cluster_gpus: float = 0.0) -> dict[str, Any]:
-    """Options for `ray.remote(cls).options(...)`: the helpers take no CPU of their own (they mostly wait);
-    the compute actor takes a CPU, or a GPU (then no CPU) when the run trains on CUDA."""
-    options: dict[str, Any] = {"name": actor_name(run_name, role), "namespace": cfg.ray.namespace,
-                               "max_restarts": cfg.ray.max_restarts, "lifetime": None, "num_cpus": 0}
-    if role == "compute":
-        device = cfg.train.device
-        use_gpu = device.startswith("cuda") or (device == "auto" and cluster_gpus >= 1)
-        num_gpus, num_cpus = cfg.ray.compute_num_gpus, cfg.ray.compute_num_cpus
-        options["num_gpus"] = (1 if use_gpu else 0) if num_gpus == AUTO else num_gpus
-        options["num_cpus"] = (0 if use_gpu else 1) if num_cpus == AUTO else num_cpus
-    return options
+def actor_options(cfg: RunConfig, run_name: str, role: str) -> dict[str, Any]:
+    """Options for `ray.remote(cls).options(...)`: the helpers take no CPU of their own (they mostly wait) and
+    are never restarted by Ray alone (a restarted store would have lost the run's state: the whole group
+    restarts from the newest durable checkpoint instead)."""
+    return {"name": actor_name(run_name, role), "namespace": cfg.ray.namespace, "max_restarts": 0,
+            "lifetime": None, "num_cpus": 0}
+
+
+def uses_gpu(cfg: RunConfig, cluster_gpus: float) -> bool:
+    device = cfg.train.device
+    return device.startswith("cuda") or (device == "auto" and cluster_gpus >= 1)
+
+
+def worker_resources(cfg: RunConfig, cluster_gpus: float = 0.0) -> dict[str, float]:
+    """Each data-parallel worker's Ray resources: a CPU, or a GPU (then no CPU) when the run trains on CUDA."""
+    gpu = uses_gpu(cfg, cluster_gpus)
+    num_gpus, num_cpus = cfg.ray.worker_gpus, cfg.ray.worker_cpus
+    return {"CPU": (0.0 if gpu else 1.0) if num_cpus == AUTO else num_cpus,
+            "GPU": (1.0 if gpu else 0.0) if num_gpus == AUTO else num_gpus}

@@ -34,12 +34,18 @@ def split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.T
     return ids[:, :-1], targets
 
 
-def micro_batch_weights(targets: Sequence[torch.Tensor]) -> list[float]:
+def count_trained_targets(blocks: np.ndarray) -> int:
+    """Trained targets in (..., T+1) token blocks, as split_batch decodes them (a negative value is untrained)."""
+    return int((np.asarray(blocks)[..., 1:] >= 0).sum())
+
+
+def micro_batch_weights(targets: Sequence[torch.Tensor], total: int | None = None) -> list[float]:
     """Each micro-batch's share of the step's trained tokens: a micro-batch's mean loss times its weight,
     summed over the step, is the step's sum of token losses over its trained tokens, so accumulation is
-    exact when micro-batches train different numbers of tokens (SFT). Equal counts give 1/M each."""
+    exact when micro-batches train different numbers of tokens (SFT). Equal counts give 1/M each.
+    `total`: the step's trained tokens over every data-parallel worker (default: these micro-batches')."""
     counts = [int(count_targets(t)) for t in targets]
-    total = sum(counts)
+    total = sum(counts) if total is None else total
     return [c / total if total else 0.0 for c in counts]
 
 

@@ -118,14 +118,19 @@ def local_backend(run: TrainRun) -> LocalBackend:
     return LocalBackend(cfg, store, resolve_device(cfg.train.device), paths.active, flusher)
 
 
+def record_invocation(run: TrainRun) -> None:
+    """Record this invocation's effective config in a local run dir."""
+    local = DurableDir(run.paths.durable).local_path
+    if local is not None:
+        seed_run_dir(local, run.cfg, run.train_data)
+
+
 def train(run: TrainRun, make_backend: BackendFactory, verbose: bool = True,
           max_steps: int | None = None) -> TrainResult:
     """Record this invocation's effective config in the run dir, then train on the backend `make_backend` builds;
     the run dir is released when training ends."""
     try:
-        local = DurableDir(run.paths.durable).local_path
-        if local is not None:
-            seed_run_dir(local, run.cfg, run.train_data)
+        record_invocation(run)
         backend = make_backend(run)
         try:
             return run.loop(backend, verbose).run(max_steps)

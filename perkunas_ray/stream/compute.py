@@ -28,6 +28,12 @@ from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
 
 GradSink = Callable[[str, dict[str, torch.Tensor], list[float]], None]  # (shard, its gradients, their norms)
+# The head's share of a tied embedding's gradient -> what seeds the embedding's gradient later (None: nothing).
+TiedGradSeed = Callable[[torch.Tensor], Callable[[], torch.Tensor | None]]
+
+
+def keep_tied_grad(grad: torch.Tensor) -> Callable[[], torch.Tensor | None]:
+    return lambda: grad
 
 
 class StreamCompute:
@@ -57,6 +63,7 @@ class StreamCompute:
         self.trace_factory = trace_factory or (lambda tracker: LocalTraceStore(
             trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}
+        self.tied_grad_seed: TiedGradSeed = keep_tied_grad  # data parallel: ShardReducer.tied_grad_seed
 
     # ---- schedules ---------------------------------------------------------------------------------
     def _head_borrow(self) -> tuple[tuple[str, str], ...]:
@@ -107,9 +114,11 @@ class StreamCompute:
         return stack
 
     # ---- the step ------------------------------------------------------------------------------------
-    def train_step(self, batch: np.ndarray, loader: Loader, grad_sink: GradSink, plan: UpdatePlan) -> StepStats:
+    def train_step(self, batch: np.ndarray, loader: Loader, grad_sink: GradSink, plan: UpdatePlan,
+                   step_targets: int | None = None) -> StepStats:
         """batch: (M, B, T+1) token blocks of one optimizer step. Returns the loss: the sum of token losses over
-        every micro-batch / the step's number of trained tokens."""
+        every micro-batch / the step's number of trained tokens. `step_targets`: that number over every
+        data-parallel worker when `batch` is one worker's slice (the loss and gradients are then its share)."""
         dtype = self.cfg.train.dtype
         num_micro = batch.shape[0]
         batch = np.array(batch)  # an object-store batch is read-only; torch wants writable memory
@@ -134,7 +143,7 @@ class StreamCompute:
                     stager.release(index)
             stats.forward_s = time.perf_counter() - start
             start = time.perf_counter()
-            self._backward(stats, xs, ys, micro_batch_weights(ys), traces, stager, grad_sink, plan)
+            self._backward(stats, xs, ys, micro_batch_weights(ys, step_targets), traces, stager, grad_sink, plan)
             stats.backward_s = time.perf_counter() - start
         finally:
             stager.close()
@@ -155,6 +164,7 @@ class StreamCompute:
             torch.tensor(plan.loss_scale, dtype=torch.float64).reciprocal().float().item()
         grad_in: list[torch.Tensor | None] = [None] * num_micro
         tied_grad: torch.Tensor | None = None
+        tied_seed: Callable[[], torch.Tensor | None] | None = None
         loss_total = 0.0
         # Each shard's gradient bytes are reserved before the previous shard is released, so the stager
         # never fills the room they need (it gates on the live byte count).
@@ -165,8 +175,10 @@ class StreamCompute:
             params = stager.take(nfwd + offset)
             leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
             owned = [k for k in leaves if not (self.tied and k == EMBED_WEIGHT and spec.kind == "head")]
-            if spec.kind == "embed" and tied_grad is not None:
-                leaves[EMBED_WEIGHT].grad = tied_grad  # the head's share first, as backward through the full model
+            if spec.kind == "embed" and tied_grad is not None and tied_seed is not None:
+                seed = tied_seed()
+                if seed is not None:  # the head's share first, as backward through the full model
+                    leaves[EMBED_WEIGHT].grad = seed
                 self.tracker.sub("grads", tensor_bytes(tied_grad))  # now counted as this shard's gradient
             new_grad_in: list[torch.Tensor | None] = [None] * num_micro
             for m in range(num_micro):
@@ -195,6 +207,7 @@ class StreamCompute:
             if spec.kind == "head" and self.tied:
                 tied_grad = leaves[EMBED_WEIGHT].grad  # held until the embedding shard's backward
                 self.tracker.add("grads", tensor_bytes(tied_grad))
+                tied_seed = self.tied_grad_seed(tied_grad)
             if inv_scale is not None:
                 for g in grads.values():
                     g.mul_(inv_scale)

@@ -40,6 +40,7 @@ class StepStats:
     prefetch_hits: int = 0
     prefetch_misses: int = 0
     num_tokens: int = 0
+    workers: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # data parallel: each worker's figures
 
 
 @dataclasses.dataclass

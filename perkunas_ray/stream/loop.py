@@ -89,6 +89,7 @@ class TrainLoop:
         truncate_log_after(self.log_dir / TRAIN_LOG, self.step)
         self.log = JsonlLog(self.log_dir / TRAIN_LOG)
         self._pending: tuple[dict[str, Any], PendingUpdates] | None = None
+        self._workers: list[dict[str, Any]] = []  # the pending step's per-worker figures (data parallel)
         self._last_store = StoreStats()
         self.losses: list[float] = []
         self.val_losses: list[tuple[int, float]] = []
@@ -143,6 +144,7 @@ class TrainLoop:
             "prefetch_misses": stats.prefetch_misses, "loss_scale": self.scaler.scale,
         }
         self.losses.append(stats.loss)
+        self._workers = stats.workers
         self._pending = (record, pending)
         if log_now:
             self._finish_pending()
@@ -190,6 +192,8 @@ class TrainLoop:
         assert not missing, missing
         self.log.write("step", **record)
         self.backend.emit(record)
+        for figures in self._workers:
+            self.backend.emit(self.log.write("worker", step=record["step"], **figures), event="worker")
         t = self.cfg.train
         if self.verbose and (record["step"] % max(1, t.max_steps // 20) == 0 or record["step"] == 1):
             self._say(f"step {record['step']:6d} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "

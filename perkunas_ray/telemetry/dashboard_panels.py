@@ -80,6 +80,11 @@ def _t(field_name: str) -> str:
     return train(field_name) + TRAIN_SEL
 
 
+def _w(field_name: str) -> str:
+    """A data-parallel worker gauge (tags: run, worker) of a train_log "worker" record field."""
+    return ray_name(mn.TRAIN_WORKER_GAUGES[field_name]) + TRAIN_SEL
+
+
 def _by_run(expr: str) -> str:
     """Aggregate away Ray's per-worker labels so that ratios of two gauges match on `run` alone."""
     return f"sum by (run) ({expr})"
@@ -141,6 +146,16 @@ def training_spec() -> DashboardSpec:
                 Target(_t("flush_lag_steps"), "lag (steps) {{run}}"),
                 Target(_t("last_flushed_step"), "last flushed step {{run}}")),
                 "Steps since the last durable flush, and the step it published.", min_value=0),
+        )),
+        Row("Data-parallel workers", (
+            Panel("Throughput per worker", TOKENS_PER_S, (Target(_w("tokens_per_s"), "worker {{worker}} {{run}}"),),
+                  "Tokens per second each worker computed in the last step (its slice of the global batch).",
+                  min_value=0),
+            Panel("Reduction and waiting per worker", "s", (
+                Target(_w("reduce_s"), "reduce {{worker}} {{run}}"), Target(_w("wait_s"), "wait {{worker}} {{run}}"),
+                Target(_w("step_time_s"), "step {{worker}} {{run}}")),
+                "Seconds of the last step each worker spent on gradient sums not hidden behind the replay, "
+                "waiting for shards, and in all.", min_value=0),
         )),
         Row("Memory", (
             Panel("Memory", "bytes", (

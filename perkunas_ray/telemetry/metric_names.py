@@ -39,6 +39,13 @@ TRAIN_GAUGES = {
     "last_flushed_step": "perkunas_train_last_flushed_step",
 }
 TRAIN_VAL_LOSS = "perkunas_train_val_loss"
+# Data-parallel training: one gauge per train_log "worker" record field (tags: run, worker).
+TRAIN_WORKER_GAUGES = {
+    "tokens_per_s": "perkunas_train_worker_tokens_per_second",
+    "reduce_s": "perkunas_train_worker_reduce_seconds",
+    "wait_s": "perkunas_train_worker_wait_seconds",
+    "step_time_s": "perkunas_train_worker_step_seconds",
+}
 
 # Serving metrics (tags in comments).
 SERVE_REQUESTS = "perkunas_serve_requests_total"  # counter; route, status
@@ -55,6 +62,6 @@ SERVE_PREEMPTIONS = "perkunas_serve_preemptions_total"  # counter; model
 SERVE_ROUTER_DECISIONS = "perkunas_serve_router_decisions_total"  # counter; decision=prefix_match|fallback
 SERVE_QUEUE_LENGTH = "perkunas_serve_queue_length"  # gauge; model, replica
 
-ALL_NAMES = (*TRAIN_GAUGES.values(), TRAIN_VAL_LOSS, SERVE_REQUESTS, SERVE_TTFT, SERVE_ITL, SERVE_E2E,
+ALL_NAMES = (*TRAIN_GAUGES.values(), TRAIN_VAL_LOSS, *TRAIN_WORKER_GAUGES.values(), SERVE_REQUESTS, SERVE_TTFT, SERVE_ITL, SERVE_E2E,
              SERVE_PROMPT_TOKENS, SERVE_GENERATION_TOKENS, SERVE_KV_BLOCKS_USED, SERVE_KV_BLOCKS_FREE,
              SERVE_PREFIX_QUERIES, SERVE_PREFIX_HITS, SERVE_PREEMPTIONS, SERVE_ROUTER_DECISIONS, SERVE_QUEUE_LENGTH)

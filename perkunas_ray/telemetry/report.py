@@ -13,6 +13,7 @@ from typing import Any
 
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.telemetry.report_charts import HOVER_SCRIPT, Chart, Series, ema, fmt, render
+from perkunas_ray.telemetry.report_workers import workers_html
 from perkunas_ray.telemetry.schema import TRAIN_LOG, TRAINER_STATE, read_log
 
 TIMING_FIELDS = (("wait_s", "wait"), ("forward_s", "forward"), ("backward_s", "backward"),
@@ -30,6 +31,8 @@ class RunLog:
     config: dict[str, Any] | None = None
     state: dict[str, Any] | None = None
     other_events: dict[str, int] = field(default_factory=dict)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # data parallel: "worker" records
+    starts: list[dict[str, Any]] = field(default_factory=list)  # "start" / "restart" records of the worker group
 
     def series(self, name: str, records: list[dict[str, Any]] | None = None) -> tuple[list[float], list[float]]:
         """(steps, values) of the records that carry a finite number for `name`."""
@@ -72,7 +75,7 @@ def load_run(path: str | Path) -> RunLog:
     records = read_log(log_path)
     by_step: dict[int, dict[str, Any]] = {}
     validations: dict[int, dict[str, Any]] = {}
-    checkpoints, flushes, other = [], [], {}
+    checkpoints, flushes, workers, starts, other = [], [], [], [], {}
     for r in records:
         if not isinstance(r, dict):
             continue
@@ -85,12 +88,16 @@ def load_run(path: str | Path) -> RunLog:
             checkpoints.append(r)
         elif event == "flush":
             flushes.append(r)
+        elif event == "worker" and "worker" in r:
+            workers.append(r)
+        elif event in ("start", "restart"):
+            starts.append(r)
         else:
             other[str(event)] = other.get(str(event), 0) + 1
     run_dir = log_path.parent
     return RunLog(log_path, [by_step[k] for k in sorted(by_step)], [validations[k] for k in sorted(validations)],
                   checkpoints, flushes, _read_json(run_dir / "config.json"), _read_json(run_dir / TRAINER_STATE),
-                  other)
+                  other, workers, starts)
 
 
 # ---- charts --------------------------------------------------------------------------------------------
@@ -306,7 +313,7 @@ def render_report(run: RunLog, title: str | None = None) -> str:
         f"{len(run.steps):,} steps, {len(run.validations)} validations · generated {generated}</p>"
         f"<h2>Summary</h2><table>{rows}</table>"
         f"<h2>Charts</h2><div class=\"charts\">{figures or '<p>No step records yet.</p>'}</div>"
-        f"{omitted_html}{config_html}"
+        f"{workers_html(run.workers, run.starts)}{omitted_html}{config_html}"
         f"<script>{HOVER_SCRIPT}</script></body></html>\n"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from perkunas_ray.telemetry.metric_names import TRAIN_GAUGES, TRAIN_VAL_LOSS
+from perkunas_ray.telemetry.metric_names import TRAIN_GAUGES, TRAIN_VAL_LOSS, TRAIN_WORKER_GAUGES
 
 
 class TrainMetrics:
@@ -15,6 +15,7 @@ class TrainMetrics:
         self.run = run
         self._gauges: dict[str, Any] | None = None
         self._val = None
+        self._worker_gauges: dict[str, Any] | None = None
 
     def _ensure(self) -> None:
         if self._gauges is not None:
@@ -42,3 +43,20 @@ class TrainMetrics:
         self._ensure()
         if math.isfinite(val_loss):
             self._val.set(float(val_loss))
+
+    def record_worker(self, record: dict[str, Any]) -> None:
+        """One data-parallel worker's figures of a step (a train_log "worker" record), tagged with its rank."""
+        if self._worker_gauges is None:
+            from ray.util.metrics import Gauge
+
+            self._worker_gauges = {}
+            for field, name in TRAIN_WORKER_GAUGES.items():
+                gauge = Gauge(name, description=f"perkunas training: {field} of each data-parallel worker",
+                              tag_keys=("run", "worker"))
+                gauge.set_default_tags({"run": self.run})
+                self._worker_gauges[field] = gauge
+        tags = {"worker": str(record["worker"])}
+        for field, gauge in self._worker_gauges.items():
+            value = record.get(field)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                gauge.set(float(value), tags=tags)

@@ -1,4 +1,5 @@
-"""`ray job submit` of `python -m perkunas_ray.train` to a local head: SUCCEEDED and a durable checkpoint."""
+"""`ray job submit` of `python -m perkunas_ray.train --num-workers 2` to a local head: SUCCEEDED and a durable
+checkpoint."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_ray_job_submit_trains_and_flushes(tmp_path, head):
     job_id = f"perkunas-test-{os.getpid()}"
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", url, "--submission-id", job_id, "--working-dir", ".", "--",
-         "python", "-m", "perkunas_ray.train", "--config", str(config_file), "--compute-threads", "1"],
+         "python", "-m", "perkunas_ray.train", "--config", str(config_file), "--num-workers", "2",
+         "--compute-threads", "1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
     status = subprocess.run([RAY, "job", "status", "--address", url, job_id], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
@@ -89,3 +91,5 @@ def test_ray_job_submit_trains_and_flushes(tmp_path, head):
     assert found and found[-1][0] == 4
     verify_checkpoint(found[-1][1])
     assert "done: step 4" in submit.stdout
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {r["worker"] for r in log if r["event"] == "worker"} == {0, 1}

@@ -1,4 +1,5 @@
-"""An actor dying mid-run ends the run with a clear error naming it; the durable checkpoint stays intact."""
+"""With restarts off (ray.max_failures 0), an actor dying mid-run ends the run with a clear error naming it and the
+durable checkpoint to resume from, which stays intact."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from tests.stream_helpers import small_config, small_data_dir, train_with_ray
 pytestmark = pytest.mark.ray
 
 
-def test_compute_actor_death_is_reported_and_durable_checkpoint_survives(tmp_path):
+def test_store_death_without_restarts_is_reported_and_durable_checkpoint_survives(tmp_path):
     data = small_data_dir(tmp_path / "data")
-    cfg = small_config(data, tmp_path / "run", max_steps=200, save_every=2, checkpoint__durable_flush_every=2)
+    cfg = small_config(data, tmp_path / "run", max_steps=200, save_every=2, checkpoint__durable_flush_every=2,
+                       ray__max_failures=0, ray__compute_threads=1)
     ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
     try:
         outcome: dict = {}
@@ -37,12 +39,12 @@ def test_compute_actor_death_is_reported_and_durable_checkpoint_survives(tmp_pat
         while time.time() < deadline and not [s for s in durable.list_checkpoints() if s >= 2]:
             time.sleep(0.1)
         name = run_name(resolve_paths(cfg).durable)
-        ray.kill(ray.get_actor(f"perkunas:{name}:compute", namespace="perkunas"))
+        ray.kill(ray.get_actor(f"perkunas:{name}:shard_store", namespace="perkunas"))
         thread.join(timeout=120)
         assert not thread.is_alive()
     finally:
         ray.shutdown()
     error = outcome.get("error")
     assert error is not None and type(error).__name__ == "ActorFailure", repr(error)
-    assert "compute" in str(error) and "intact" in str(error) and "--train" in str(error)
+    assert "shard_store" in str(error) and "intact" in str(error) and "--train" in str(error), str(error)
     verify_checkpoint(latest_checkpoint(tmp_path / "run"))

@@ -13,7 +13,7 @@ from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.format import publish_manifest, save_tensors, write_json_atomic
 from perkunas_ray.config import RunConfig, StreamConfig
 from perkunas_ray.errors import ConfigError
-from perkunas_ray.stream.actor_options import actor_options
+from perkunas_ray.stream.actor_options import actor_options, worker_resources
 from perkunas_ray.stream.clipping import clip_coefficient, total_norm
 from perkunas_ray.stream.guard import GuardPolicy
 from perkunas_ray.stream.loss_scale import LossScaler
@@ -121,25 +121,26 @@ def test_durable_dir_publishes_manifest_last_and_prunes(tmp_path):
     assert durable.list_checkpoints() == [4, 5]
 
 
-def test_actor_options_come_from_the_ray_config():
+def test_worker_resources_and_actor_options_come_from_the_ray_config():
     cfg = RunConfig()
     cfg.train.device = "cpu"
-    compute = actor_options(cfg, "r1", "compute", cluster_gpus=1)
-    assert compute["name"] == "perkunas:r1:compute" and compute["namespace"] == "perkunas"
-    assert (compute["num_cpus"], compute["num_gpus"], compute["max_restarts"]) == (1, 0, 0)
-    cfg.train.device = "auto"  # on a cluster with a GPU: the compute actor takes the GPU and no CPU
-    compute = actor_options(cfg, "r1", "compute", cluster_gpus=1)
-    assert (compute["num_cpus"], compute["num_gpus"]) == (0, 1)
-    cfg.ray.namespace, cfg.ray.max_restarts, cfg.ray.compute_num_cpus = "team", 2, 3.0
-    compute = actor_options(cfg.validate(), "r1", "compute", cluster_gpus=0)
-    assert (compute["namespace"], compute["max_restarts"], compute["num_cpus"], compute["num_gpus"]) == \
-        ("team", 2, 3.0, 0)
+    assert worker_resources(cfg, cluster_gpus=1) == {"CPU": 1, "GPU": 0}
+    cfg.train.device = "auto"  # on a cluster with a GPU: each worker takes a GPU and no CPU
+    assert worker_resources(cfg, cluster_gpus=1) == {"CPU": 0, "GPU": 1}
+    cfg.ray.namespace, cfg.ray.worker_cpus = "team", 3.0
+    assert worker_resources(cfg.validate(), cluster_gpus=0) == {"CPU": 3.0, "GPU": 0}
     store = actor_options(cfg, "r1", "shard_store")
-    assert store["num_cpus"] == 0 and "num_gpus" not in store
+    assert store["name"] == "perkunas:r1:shard_store" and store["namespace"] == "team"
+    assert store["num_cpus"] == 0 and store["max_restarts"] == 0 and "num_gpus" not in store
 
 
 def test_ray_config_is_validated():
-    with pytest.raises(ConfigError, match="ray.compute_num_gpus must be >= 0, or -1"):
-        RunConfig.from_mapping({"ray": {"compute_num_gpus": -2}}).validate()
-    with pytest.raises(ConfigError, match="ray.max_restarts"):
-        RunConfig.from_mapping({"ray": {"max_restarts": -1}}).validate()
+    with pytest.raises(ConfigError, match="ray.worker_gpus must be >= 0, or -1"):
+        RunConfig.from_mapping({"ray": {"worker_gpus": -2}}).validate()
+    with pytest.raises(ConfigError, match="ray.num_workers must be >= 1"):
+        RunConfig.from_mapping({"ray": {"num_workers": 0}}).validate()
+    with pytest.raises(ConfigError, match="ray.max_failures"):
+        RunConfig.from_mapping({"ray": {"max_failures": -2}}).validate()
+    # a run dir's config.json from before data parallelism still loads: the compute actor's CPUs are the workers'
+    old = RunConfig.from_mapping({"ray": {"compute_num_cpus": 2.0, "max_restarts": 0}}).validate()
+    assert old.ray.worker_cpus == 2.0 and old.ray.max_failures == 3
