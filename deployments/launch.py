@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -28,6 +29,9 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
     """ray.init (unless already connected) and serve.start on host:port (Prometheus metrics on
     `metrics_export_port` when given)."""
     if not ray.is_initialized():
+        # Ray starts its workers at a niceness 15 above the driver's; here the replicas, the ingress and the proxy
+        # are the server, and that far down any other load on the machine starves them (unless the caller chose).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False, **extra)
     serve.start(http_options={"host": host, "port": port})

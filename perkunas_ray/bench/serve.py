@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -27,6 +28,7 @@ from typing import Any
 
 from perkunas_ray.bench import load
 from perkunas_ray.bench.llama_server import llama_server
+from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry, parse_registry
 
 MODEL = "bench"
@@ -46,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds per stream count (median)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the engine (in-process and replica) "
                    "and of llama-server")
+    p.add_argument("--stream-interval-ms", type=float, default=None,
+                   help="the replica's stream coalescing interval (default: the registry's, see stream_interval_ms)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
     p.add_argument("--seed", type=int, default=0)
@@ -68,10 +72,11 @@ def completion_bodies(prompts: list[list[int]], new_tokens: int) -> list[dict[st
              "stream_options": {"include_usage": True}} for p in prompts]
 
 
-def bench_registry(run_dir: Path, threads: int) -> Registry:
+def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None) -> Registry:
+    interval = {} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}
     return parse_registry({"models": {MODEL: {
         "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": threads,
-        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}}}, "router": {"policy": "kv"}})
+        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **interval}}, "router": {"policy": "kv"}})
 
 
 # ---- timed sides --------------------------------------------------------------------------------
@@ -145,26 +150,38 @@ def http_side(url: str, headers: dict[str, str] | None = None) -> Any:
     return round_
 
 
-def measure(round_: Any, prompts_by_streams: dict[int, list[list[list[int]]]], new_tokens: int,
-            name: str) -> dict[int, dict[str, Any]]:
-    """Per stream count: median tok/s over the rounds (after a warm-up round), latency percentiles of all."""
-    out = {}
+def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[int]]]],
+            new_tokens: int) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[int, list[dict[str, float]]]]:
+    """Per stream count, every side runs each round in turn (so load on a shared machine hits them alike): per
+    side the median tok/s and latencies over the rounds (after a warm-up round), and each round's tok/s by side."""
+    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in sides}
+    per_round: dict[int, list[dict[str, float]]] = {}
     for n, rounds in prompts_by_streams.items():
-        round_(rounds[0][:min(n, 4)], 8)  # warm-up: first-call costs, thread pools, connections
-        results = [round_(prompts, new_tokens) for prompts in rounds[1:]]
-        expected = n * new_tokens
-        short = [r["output_tokens"] for r in results if r["output_tokens"] != expected]
-        if short:
-            print(f"  warning: {name} at {n} streams produced {short} tokens per round, not {expected}")
-        row = {"tokens_per_s": statistics.median(r["output_tokens_per_s"] for r in results)}
-        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms"):
-            row[key] = statistics.median(r[key] for r in results)
-        if "replica_tokens_per_s" in results[0]:
-            row["replica_tokens_per_s"] = statistics.median(r["replica_tokens_per_s"] for r in results)
-        out[n] = row
-        print(f"  {name:10s} {n:>3} streams: {row['tokens_per_s']:8.1f} tok/s, TTFT p50 {row['ttft_p50_ms']:.1f} ms, "
-              f"ITL p50 {row['itl_p50_ms']:.2f} ms", flush=True)
-    return out
+        for round_ in sides.values():
+            round_(rounds[0][:min(n, 4)], 8)  # warm-up: first-call costs, thread pools, connections
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        for prompts in rounds[1:]:
+            for name, round_ in sides.items():
+                runs[name].append(round_(prompts, new_tokens))
+        per_round[n] = [{name: runs[name][i]["output_tokens_per_s"] for name in sides} for i in range(len(rounds) - 1)]
+        for name, rs in runs.items():
+            short = [r["output_tokens"] for r in rs if r["output_tokens"] != n * new_tokens]
+            if short:
+                print(f"  warning: {name} at {n} streams produced {short} tokens per round, not {n * new_tokens}")
+            row = {key: statistics.median(r[key] for r in rs) for key in
+                   ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms")}
+            row["tokens_per_s"] = row.pop("output_tokens_per_s")
+            if "replica_tokens_per_s" in rs[0]:
+                row["replica_tokens_per_s"] = statistics.median(r["replica_tokens_per_s"] for r in rs)
+            results[name][n] = row
+            print(f"  {name:10s} {n:>3} streams: {row['tokens_per_s']:8.1f} tok/s, TTFT p50 {row['ttft_p50_ms']:.1f} "
+                  f"ms, ITL p50 {row['itl_p50_ms']:.2f} ms", flush=True)
+    return results, per_round
+
+
+def round_ratio(per_round: list[dict[str, float]], num: str, den: str) -> float:
+    """The median over rounds of num/den tok/s, each round's sides having run back to back."""
+    return statistics.median(r[num] / r[den] for r in per_round)
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -179,40 +196,37 @@ def breakdown(results: dict[str, dict[int, dict[str, Any]]], streams: list[int])
         table[n] = {"engine_ms": ms["engine"], "replica_ms": ms["replica"],
                     "replica_vs_engine_ms": ms["replica"] - ms["engine"],
                     "hop_ms": ms["handle"] - ms["replica"], "ingress_http_ms": ms["http"] - ms["handle"],
-                    "serve_ms": ms["http"], "stack_cost": ms["http"] / ms["engine"]}
+                    "serve_ms": ms["http"]}
     return table
 
 
 def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int, dict[str, float]],
-                 streams: list[int]) -> dict[str, Any]:
+                 per_round: dict[int, list[dict[str, float]]], streams: list[int]) -> dict[str, Any]:
     def row(label: str, cells: list[Any], fmt: str = "{:>10.1f}") -> None:
-        print(f"  {label:34s}" + "".join(fmt.format(c) for c in cells))
+        print(f"  {label:36s}" + "".join(fmt.format(c) for c in cells))
 
-    print("\noutput tok/s" + " " * 25 + "".join(f"{n:>7} str" for n in streams))
+    print("\noutput tok/s" + " " * 27 + "".join(f"{n:>7} str" for n in streams))
     for side in results:
         row(side, [results[side][n]["tokens_per_s"] for n in streams])
-    print("\nms per output token (aggregate)")
+    print("\nms per output token (aggregate; a layer's cost is the difference from the row above)")
     for key, label in (("engine_ms", "engine in-process"), ("replica_ms", "engine in the replica (own timing)"),
-                       ("replica_vs_engine_ms", "  replica - engine (CPU shared)"),
                        ("hop_ms", "  + replica -> caller hop"), ("ingress_http_ms", "  + ingress, proxy, HTTP"),
-                       ("serve_ms", "= serve over HTTP")):
+                       ("serve_ms", "= serve over HTTP"), ("replica_vs_engine_ms", "(replica - engine in-process)")):
         row(label, [table[n][key] for n in streams], "{:>10.3f}")
     print("\nlatency (ms)")
     for side in results:
         for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"):
             row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
-    ratios: dict[str, Any] = {"stack_cost": {n: table[n]["stack_cost"] for n in streams}}
-    print("\nstack cost (engine tok/s / serve tok/s; goal <= "
-          f"{GOAL_STACK_COST}):" + "".join(f"{ratios['stack_cost'][n]:>8.2f}" for n in streams))
+    ratios: dict[str, Any] = {"stack_cost": {n: round_ratio(per_round[n], "engine", "http") for n in streams}}
+    print("\nratios (median over rounds of each round's sides, run back to back)")
+    row(f"stack cost: engine / serve (goal <= {GOAL_STACK_COST})", [ratios["stack_cost"][n] for n in streams],
+        "{:>10.2f}")
     if "llama.cpp" in results:
-        ratios["vs_llamacpp"] = {n: results["http"][n]["tokens_per_s"] / results["llama.cpp"][n]["tokens_per_s"]
-                                 for n in streams}
-        ratios["engine_vs_llamacpp"] = {
-            n: results["engine"][n]["tokens_per_s"] / results["llama.cpp"][n]["tokens_per_s"] for n in streams}
-        print("serve / llama-server tok/s:" + " " * 21 + "".join(f"{ratios['vs_llamacpp'][n]:>8.2f}" for n in streams)
-              + "   (goal >= " + ", ".join(f"{g} at {n}" for n, g in GOAL_VS_LLAMACPP.items()) + ")")
-        print("engine in-process / llama-server tok/s:" + " " * 9
-              + "".join(f"{ratios['engine_vs_llamacpp'][n]:>8.2f}" for n in streams))
+        ratios["vs_llamacpp"] = {n: round_ratio(per_round[n], "http", "llama.cpp") for n in streams}
+        ratios["engine_vs_llamacpp"] = {n: round_ratio(per_round[n], "engine", "llama.cpp") for n in streams}
+        row("serve / llama-server", [ratios["vs_llamacpp"][n] for n in streams], "{:>10.2f}")
+        row("engine in-process / llama-server", [ratios["engine_vs_llamacpp"][n] for n in streams], "{:>10.2f}")
+        print("  goals serve / llama-server: " + ", ".join(f">= {g} at {n} streams" for n, g in GOAL_VS_LLAMACPP.items()))
     return ratios
 
 
@@ -229,37 +243,36 @@ def run(args: argparse.Namespace) -> int:
     streams = [int(s) for s in args.streams.split(",")]
     cfg = load_preset(args.preset)
     if args.prompt_tokens + args.new_tokens > cfg.max_seq_len:
-        raise SystemExit(f"bench serve: --prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} "
+        raise ConfigError(f"bench serve: --prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} "
                          f"exceeds preset {args.preset}'s context of {cfg.max_seq_len} tokens")
     if args.vs_llamacpp and not Path(args.vs_llamacpp).is_file():
-        raise SystemExit(f"bench serve: --vs-llamacpp {args.vs_llamacpp}: no such file (a llama-server binary)")
+        raise ConfigError(f"bench serve: --vs-llamacpp {args.vs_llamacpp}: no such file (a llama-server binary)")
     work_dir = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     run_dir = make_model_run_dir(work_dir / "run", cfg, num_lines=100_000, seed=args.seed)
     # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
-    registry = bench_registry(run_dir, args.threads)
+    registry = bench_registry(run_dir, args.threads, args.stream_interval_ms)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
           f"out, greedy, median of {args.rounds} rounds", flush=True)
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    results["engine"] = measure(engine_side(registry.models[MODEL], args.threads), prompts, args.new_tokens,
-                                "engine")
-    with launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads) as url:
+    sides = {"engine": engine_side(registry.models[MODEL], args.threads)}
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads))
         handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
-        results["handle"] = measure(handle_side(handle), prompts, args.new_tokens, "handle")
-        results["http"] = measure(http_side(url, {"Authorization": f"Bearer {TOKEN}"}), prompts, args.new_tokens,
-                                  "http")
-    if args.vs_llamacpp:
-        from perkunas_ray.export import export_gguf
+        sides["handle"] = handle_side(handle)
+        sides["http"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"})
+        if args.vs_llamacpp:
+            from perkunas_ray.export import export_gguf
 
-        gguf = export_gguf(run_dir, work_dir / "model.gguf", dtype="f32")
-        with llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len) \
-                as url:
-            results["llama.cpp"] = measure(http_side(url), prompts, args.new_tokens, "llama.cpp")
+            gguf = export_gguf(run_dir, work_dir / "model.gguf", dtype="f32")
+            sides["llama.cpp"] = http_side(stack.enter_context(
+                llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len)))
+        results, per_round = measure(sides, prompts, args.new_tokens)
     table = breakdown(results, streams)
-    ratios = print_report(results, table, streams)
+    ratios = print_report(results, table, per_round, streams)
     print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
                       "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
-                      "results": results, "breakdown_ms_per_token": table, **ratios}))
+                      "results": results, "breakdown_ms_per_token": table, "per_round_tokens_per_s": per_round,
+                      **ratios}))
     return 0
