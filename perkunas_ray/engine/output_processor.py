@@ -121,10 +121,11 @@ class OutputProcessor:
         seq.text = self.detokenize(seq)
 
     def make_output(self, state: RequestState) -> RequestOutput:
-        """The request's state with deltas since the previous call (cumulative fields are copies)."""
+        """The request's state with deltas since the previous call. Cumulative fields are copies, except
+        `prompt_token_ids`, the request's own list, shared by every output (it never changes)."""
         outputs = []
         for seq in state.sequences:
-            token_ids = seq.request.output_token_ids
+            token_ids = seq.request.output_token_ids  # a fresh list
             # Hold back text that may still become a stop string, or is an unfinished UTF-8 sequence.
             safe = len(seq.text)
             if seq.finish_reason is None:
@@ -134,7 +135,7 @@ class OutputProcessor:
                     safe -= 1
             delta_text = seq.text[seq.num_emitted_chars:safe] if safe > seq.num_emitted_chars else ""
             outputs.append(CompletionOutput(
-                index=seq.request.index, token_ids=list(token_ids), text=seq.text,
+                index=seq.request.index, token_ids=token_ids, text=seq.text,
                 finish_reason=seq.finish_reason,
                 logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
                 delta_token_ids=token_ids[seq.num_emitted_tokens:], delta_text=delta_text,
@@ -146,6 +147,6 @@ class OutputProcessor:
         prompt_logprobs = None
         if state.prompt_logprobs is not None and not state.prompt_logprobs_sent:
             prompt_logprobs, state.prompt_logprobs_sent = list(state.prompt_logprobs), True
-        return RequestOutput(request_id=state.request_id, prompt_token_ids=list(state.prompt_token_ids),
+        return RequestOutput(request_id=state.request_id, prompt_token_ids=state.prompt_token_ids,
                              num_cached_tokens=max(first.num_cached_tokens, 0), outputs=outputs,
                              finished=state.finished, prompt_logprobs=prompt_logprobs)

@@ -38,8 +38,10 @@ class AttentionGroup:
     start: int
     num_queries: int  # Tq per sequence
     block_table: torch.Tensor  # (B, K) block ids (padding: block 0)
-    key_positions: torch.Tensor  # (B, K * block_size)
-    query_positions: torch.Tensor  # (B, Tq)
+    # (B, 1, Tq, num_keys), True where a query may attend (built once per step, shared by the layers);
+    # None when every one of the first num_keys gathered keys is visible (a lone decode, no soft-cap).
+    mask: torch.Tensor | None
+    num_keys: int  # gathered key slots attended: K * block_size, or fewer when mask is None
 
 
 @dataclasses.dataclass
@@ -65,6 +67,8 @@ class PagedAttention:
             rows = q[0, :, g.start:g.start + b * g.num_queries]  # (H, B*Tq, hd)
             qg = rows.reshape(heads, b, g.num_queries, head_dim).transpose(0, 1)  # (B, H, Tq, hd)
             kg, vg = self.kv_store.gather(layer_id, g.block_table)
-            y = paged_attention(qg, kg, vg, g.key_positions, g.query_positions, softcap)
+            if g.num_keys < kg.shape[2]:
+                kg, vg = kg[:, :, :g.num_keys], vg[:, :, :g.num_keys]
+            y = masked_attention(qg, kg, vg, g.mask, softcap)  # a None mask (never with a soft-cap): SDPA unmasked
             outs.append(y.transpose(0, 1).reshape(heads, b * g.num_queries, head_dim))  # (H, B*Tq, hd)
         return (torch.cat(outs, dim=1) if len(outs) > 1 else outs[0])[None]

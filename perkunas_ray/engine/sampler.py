@@ -55,7 +55,16 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the last dim, NaN counted as -inf (torch's argmax would pick a NaN)."""
-    return torch.nan_to_num(logits, nan=float("-inf")).argmax(-1)
+    best = logits.argmax(-1)
+    # argmax lands on a NaN only in a row holding one: check the picks, and redo just those rows.
+    if bool(torch.isnan(logits.gather(-1, best.unsqueeze(-1))).any()):
+        return torch.nan_to_num(logits, nan=float("-inf")).argmax(-1)
+    return best
+
+
+def is_plain_greedy(params: SamplingParams) -> bool:
+    """Greedy with nothing to do per row: no penalty, no logprobs."""
+    return params.temperature < MIN_TEMPERATURE and params.repetition_penalty == 1.0 and params.logprobs is None
 
 
 class Sampler:
@@ -63,6 +72,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         """logits (S, V) fp32, one row per request in `requests` order. A row that fails is reported in
         `errors` and the others are still sampled: one request's trouble stays its own."""
+        if all(is_plain_greedy(r.params) for r in requests):
+            return SamplerOutput(greedy(logits).tolist(), [None] * len(requests))  # one argmax for the batch
         token_ids: list[int] = [0] * len(requests)
         errors: dict[int, Exception] = {}
         greedy_rows: list[int] = []

@@ -1,0 +1,48 @@
+"""The decode loop's fast paths keep their slow paths' answers: batched greedy, reused step-input buffers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.engine.request import Request
+from perkunas_ray.engine.sampler import Sampler
+from perkunas_ray.engine.scheduler import ScheduledRequest
+from perkunas_ray.engine.step_inputs import StepInputBuilder
+
+pytestmark = pytest.mark.unit
+
+
+def test_batched_greedy_skips_nan_like_the_row_path() -> None:
+    logits = torch.tensor([[0.0, float("nan"), 3.0, 1.0], [1.0, 2.0, float("nan"), 0.5], [4.0, 1.0, 2.0, 3.0]])
+    requests = [Request(f"r{i}", [1, 2], SamplingParams(temperature=0)) for i in range(3)]
+    out = Sampler()(logits, requests)
+    assert out.token_ids == [2, 1, 0] and out.logprobs == [None] * 3 and not out.errors
+
+
+def _scheduled(request_id: str, num_tokens: int, computed: int, new: int, block_ids: list[int]) -> ScheduledRequest:
+    request = Request(request_id, list(range(1, num_tokens + 1)))
+    return ScheduledRequest(request, computed, new, block_ids)
+
+
+def test_every_group_keeps_its_own_block_table_and_mask() -> None:
+    """Decodes batch in one group, each prefill chunk gets its own; building a later group must not
+    overwrite an earlier one's table (they share reused buffers)."""
+    bs = 4
+    items = [_scheduled("d1", 6, 5, 1, [3, 7]), _scheduled("d2", 9, 8, 1, [1, 2, 5]),
+             _scheduled("p1", 10, 0, 10, [9, 4, 6]), _scheduled("p2", 7, 4, 3, [8, 0])]
+    step = StepInputBuilder(bs, torch.device("cpu"), softcap=0.0).build(items)
+    assert step.input_ids[0].tolist() == [6, 9, *range(1, 11), 5, 6, 7]
+    assert step.positions[0].tolist() == [5, 8, *range(10), 4, 5, 6]
+    slots = [7 * bs + 1, 5 * bs + 0] + [b * bs + o for b in (9, 4, 6) for o in range(bs)][:10] + [0, 1, 2]
+    assert step.slots.tolist() == slots
+    assert (step.first_rows, step.last_rows) == ([0, 1, 2, 12], [0, 1, 11, 14])
+    decodes, p1, p2 = step.groups
+    assert decodes.block_table.tolist() == [[3, 7, 0], [1, 2, 5]]
+    assert p1.block_table.tolist() == [[9, 4, 6]] and p2.block_table.tolist() == [[8, 0]]
+    # Query at position p sees keys 0..p; the padding block of d1 (keys 8..11) stays hidden.
+    assert decodes.mask[:, 0, 0].sum(-1).tolist() == [6, 9]
+    assert p2.mask[0, 0].sum(-1).tolist() == [5, 6, 7]
+    lone = StepInputBuilder(bs, torch.device("cpu"), softcap=0.0).build(items[:1]).groups[0]
+    assert lone.mask is None and lone.num_keys == 6  # a lone decode attends its exact keys, unmasked
