@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.paged_attention import PagedAttention
@@ -51,6 +52,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = model.head_weight.device
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap)
+        self.forward = DecodeForward(model)
         # On CPU the logits matmul against a (D, V) copy of the head is a plain row-major GEMM, about 3x faster
         # at one sequence than against the (V, D) weight (0.28 vs 0.95 ms, speed preset, one thread), for one
         # more head's worth of memory. GPUs take either layout at full speed: no copy there.
@@ -70,7 +72,7 @@ class ModelRunner:
         items += [it for it in output.scheduled if it.num_new_tokens > 1]
         step = self.inputs.build(items)
         attn = PagedAttention(self.kv_store, step.slots, step.groups)
-        h = self.model.hidden_states(step.input_ids, step.positions, attn)[0]  # (N, D)
+        h = self.forward(step.input_ids, step.positions, step.max_position, attn)  # (N, D)
         first_row = {id(item): row for item, row in zip(items, step.first_rows, strict=True)}
         last_row = {id(item): row for item, row in zip(items, step.last_rows, strict=True)}
         prompt = [self._prompt_logprobs(item, h, first_row[id(item)])

@@ -16,6 +16,7 @@ class StepInputs(NamedTuple):
     input_ids: torch.Tensor  # (1, N)
     positions: torch.Tensor  # (1, N)
     slots: torch.Tensor  # (N,) block_id * block_size + offset of each token's KV
+    max_position: int  # the largest of the positions
     groups: list[AttentionGroup]
     first_rows: list[int]  # per scheduled item (decodes first, then prefills): its first token row
     last_rows: list[int]  # ... and its last one
@@ -88,8 +89,9 @@ class StepInputBuilder:
             groups.append(self._group(items[:num_decodes], 0, 0, positions))
         for index in range(num_decodes, len(items)):
             groups.append(self._group(items[index:index + 1], index, first_rows[index], positions))
+        max_position = max(item.num_computed_tokens + item.num_new_tokens for item in items) - 1
         return StepInputs(self._tensor(ids[:num_tokens])[None], self._tensor(positions[:num_tokens])[None],
-                          self._tensor(slots[:num_tokens]), groups, first_rows, last_rows)
+                          self._tensor(slots[:num_tokens]), max_position, groups, first_rows, last_rows)
 
     def _group(self, items: list[ScheduledRequest], first_item: int, start: int,
                positions: np.ndarray) -> AttentionGroup:

@@ -1,15 +1,20 @@
-"""The decode loop's fast paths keep their slow paths' answers: batched greedy, reused step-input buffers."""
+"""The decode loop's fast paths keep their slow paths' answers: batched greedy, reused step-input buffers, the
+engine's own forward pass."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from perkunas_ray.config import ModelConfig
+from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.sampler import Sampler
 from perkunas_ray.engine.scheduler import ScheduledRequest
 from perkunas_ray.engine.step_inputs import StepInputBuilder
+from perkunas_ray.model.attention import CAUSAL_ATTENTION
+from perkunas_ray.model.decoder import build_model
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +51,21 @@ def test_every_group_keeps_its_own_block_table_and_mask() -> None:
     assert p2.mask[0, 0].sum(-1).tolist() == [5, 6, 7]
     lone = StepInputBuilder(bs, torch.device("cpu"), softcap=0.0).build(items[:1]).groups[0]
     assert lone.mask is None and lone.num_keys == 6  # a lone decode attends its exact keys, unmasked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_forward_equals_the_models_forward(dtype: torch.dtype) -> None:
+    """Fused RMSNorm, the cached RoPE table (grown past max_seq_len, as pruning needs) and the rolled
+    rotation give the training module's hidden states, with QK-norm and grouped KV heads."""
+    cfg = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=16,
+                      qk_norm=True).validate()
+    model = build_model(cfg, seed=3).to(dtype).eval()
+    forward = DecodeForward(model)
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(0))
+    for offset in (0, 40):
+        positions = torch.arange(offset, offset + 12)[None]
+        with torch.inference_mode():
+            ours = forward(ids, positions, offset + 11, CAUSAL_ATTENTION)
+            theirs = model.hidden_states(ids, positions)[0]
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert forward.cos.shape[0] >= 52
