@@ -36,7 +36,7 @@ async def stream_completion(client: Any, url: str, body: dict[str, Any],
     ttft = (arrivals[0] if arrivals else end) - start
     return {"ttft": ttft, "e2e": end - start, "tpot": (end - start - ttft) / max(1, n_out - 1),
             "itl": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], "completion_tokens": n_out,
-            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "num_chunks": len(arrivals), "prompt_tokens": usage.get("prompt_tokens", 0),
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
@@ -83,4 +83,5 @@ def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
             "output_tokens_per_s": out / wall if wall else 0.0, "requests_per_s": len(results) / wall if wall else 0.0,
             "prompt_tokens": prompt, "cached_tokens": cached, "prefix_hit_rate": cached / prompt if prompt else 0.0,
             "mean_e2e_ms": 1e3 * statistics.fmean(r["e2e"] for r in results) if results else 0.0,
+            "chunks_per_request": statistics.fmean(r["num_chunks"] for r in results) if results else 0.0,
             "cached_tokens_per_request": [r["cached_tokens"] for r in results]}

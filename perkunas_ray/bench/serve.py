@@ -94,7 +94,7 @@ async def _timed_deltas(deltas: Any, count_tokens: Any) -> dict[str, Any]:
     ttft = (arrivals[0] if arrivals else end) - start
     return {"ttft": ttft, "e2e": end - start, "tpot": (end - start - ttft) / max(1, n_out - 1),
             "itl": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], "completion_tokens": n_out,
-            "prompt_tokens": 0, "cached_tokens": 0}
+            "num_chunks": len(arrivals), "prompt_tokens": 0, "cached_tokens": 0}
 
 
 async def _concurrent(make_stream: Any, prompts: list[list[int]], count_tokens: Any) -> dict[str, Any]:
@@ -169,7 +169,8 @@ def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[
             if short:
                 print(f"  warning: {name} at {n} streams produced {short} tokens per round, not {n * new_tokens}")
             row = {key: statistics.median(r[key] for r in rs) for key in
-                   ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms")}
+                   ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms",
+                    "chunks_per_request")}
             row["tokens_per_s"] = row.pop("output_tokens_per_s")
             if "replica_tokens_per_s" in rs[0]:
                 row["replica_tokens_per_s"] = statistics.median(r["replica_tokens_per_s"] for r in rs)
@@ -213,9 +214,9 @@ def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int,
                        ("hop_ms", "  + replica -> caller hop"), ("ingress_http_ms", "  + ingress, proxy, HTTP"),
                        ("serve_ms", "= serve over HTTP"), ("replica_vs_engine_ms", "(replica - engine in-process)")):
         row(label, [table[n][key] for n in streams], "{:>10.3f}")
-    print("\nlatency (ms)")
+    print("\nlatency (ms; ITL: between chunks, which carry several tokens when coalesced) and chunks per request")
     for side in results:
-        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"):
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "chunks_per_request"):
             row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
     ratios: dict[str, Any] = {"stack_cost": {n: round_ratio(per_round[n], "engine", "http") for n in streams}}
     print("\nratios (median over rounds of each round's sides, run back to back)")

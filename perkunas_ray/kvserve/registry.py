@@ -65,7 +65,7 @@ class ModelSpec:
     num_gpus: float | None = None  # None: 1 on cuda, else 0
     # A stream's tokens go from replica to ingress in one message per this many ms (the first token at once):
     # each message costs a Ray round trip and an SSE event whatever it carries. 0: one per engine step.
-    stream_interval_ms: float = 20.0
+    stream_interval_ms: float = 50.0
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 5.0
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
