@@ -98,18 +98,26 @@ def train_on_ray(run: TrainRun, verbose: bool = True, max_steps: int | None = No
     return launch_result(run.at_latest(), start_step)
 
 
+def worker_error(failure: BaseException) -> BaseException:
+    """What a worker raised, out of Ray's wrapper (a RayTaskError keeps it as `cause`)."""
+    cause = getattr(failure, "cause", None)
+    return cause if isinstance(cause, BaseException) else failure
+
+
+def first_clause(error: BaseException) -> str:
+    """The head of an error's message (an ActorFailure's own resume hint follows a semicolon)."""
+    return (str(error).strip().splitlines() or [""])[0].split("; ")[0]
+
+
 def training_failure(exc: Exception, run: TrainRun) -> Exception:
     """A worker's PerkunasError as it is (bad config or data fail on every attempt alike); else ActorFailure
     naming what failed and the durable checkpoint to resume from."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for failure in failures.values():
-        cause = getattr(failure, "cause", failure)
-        if isinstance(cause, PerkunasError):
-            return cause
-    detail = "; ".join(f"worker {rank}: {str(f).strip().splitlines()[-1] if str(f).strip() else type(f).__name__}"
-                       for rank, f in sorted(failures.items())) or str(exc)
+    errors = {rank: worker_error(f) for rank, f in sorted((getattr(exc, "worker_failures", None) or {}).items())}
+    for error in errors.values():
+        if isinstance(error, PerkunasError):
+            return error
+    detail = ", ".join(f"worker {rank}: {type(e).__name__}: {first_clause(e)}" for rank, e in errors.items()) or str(exc)
     latest = run.at_latest()
     return ActorFailure(f"training failed after {run.cfg.ray.max_failures} restart(s) ({detail}); the durable "
                         f"checkpoint at step {latest.state['step']} in {run.paths.durable} is intact; resume with "
                         f"--train --run-dir {run.paths.durable}")
-

@@ -21,10 +21,14 @@ ReducedSink = Callable[[str, dict[str, torch.Tensor], list[float]], None]  # (sh
 
 
 class ShardReducer:
-    """A GradSink for StreamCompute: sums each shard's gradients over the workers, then calls `finish`."""
+    """A GradSink for StreamCompute: sums each shard's gradients over the workers, then calls `finish`.
 
-    def __init__(self, finish: ReducedSink, tracker: MemoryTracker) -> None:
-        self.finish, self.tracker = finish, tracker
+    `overlap` False (a byte budget is set: stream.max_resident_bytes): each sum is finished at once, so
+    no second shard's gradients stay on the device beside the next shard's replay.
+    """
+
+    def __init__(self, finish: ReducedSink, tracker: MemoryTracker, overlap: bool = True) -> None:
+        self.finish, self.tracker, self.overlap = finish, tracker, overlap
         self._in_flight: tuple[str, list[str], list[torch.Size], torch.Tensor, dist.Work] | None = None
         self.reduce_s = 0.0  # step time spent on reductions: flattening, launching, waiting for the sums
         self.norms: dict[str, list[float]] = {}  # shard -> per-parameter norms of the summed gradients
@@ -43,6 +47,8 @@ class ShardReducer:
         work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
         self._in_flight = (name, keys, [grads[k].shape for k in keys], flat, work)
         self.reduce_s += time.perf_counter() - start
+        if not self.overlap:
+            self._finish_in_flight()
 
     def tied_grad_seed(self, grad: torch.Tensor) -> Callable[[], torch.Tensor | None]:
         """StreamCompute.tied_grad_seed: the head's shares of a tied embedding's gradient are summed on rank 0
@@ -74,8 +80,7 @@ class ShardReducer:
         work.wait()
         self.reduce_s += time.perf_counter() - start
         parts = flat.split([shape.numel() for shape in shapes])
-        # own (aligned) tensors, so each norm reduces in the order it does on an unreduced gradient
-        grads = {k: part.view(shape).clone() for k, part, shape in zip(keys, parts, shapes, strict=True)}
+        grads = {k: part.view(shape) for k, part, shape in zip(keys, parts, shapes, strict=True)}
         norms = [float(torch.linalg.vector_norm(g, 2.0)) for g in grads.values()]
         self.norms[name] = norms
         self.finish(name, grads, norms)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class RayBackend:
         self.prefetch, self.flusher = actors["prefetch"], actors["checkpoint_flusher"]
         self.names = [s.name for s in stream_shard_specs(cfg.model)]
         self.compute = worker_compute(cfg, device)
-        self.reducer = ShardReducer(self._hand_off, self.compute.tracker)
+        self.reducer = ShardReducer(self._hand_off, self.compute.tracker, overlap=not cfg.stream.max_resident_bytes)
         self.compute.tied_grad_seed = self.reducer.tied_grad_seed
         self._last_flushed = resume_step
         self._flushes: list[Any] = []
@@ -68,8 +69,14 @@ class RayBackend:
 
     # ---- supervision ---------------------------------------------------------------------------------
     def _get(self, refs: Any, timeout: float | None = None) -> Any:
-        try:
+        with self._supervised():
             return ray.get(refs, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _supervised(self) -> Iterator[None]:
+        """Ray errors of actor calls and shard reads (the stager's loader reads them too) -> the run's errors."""
+        try:
+            yield
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
             if isinstance(cause, PerkunasError):
@@ -122,7 +129,8 @@ class RayBackend:
         loader = object_loader(self._current_refs())
         self._step_plan, self._store_waits = (plan, snapshot), []
         self.reducer.start_step()
-        stats = self.compute.train_step(local, loader, self.reducer, plan, count_trained_targets(batch))
+        with self._supervised():
+            stats = self.compute.train_step(local, loader, self.reducer, plan, count_trained_targets(batch))
         self.reducer.drain()
         step_s = time.perf_counter() - start
         rows = gather_rows([stats.loss, stats.wait_s, stats.forward_s, stats.backward_s, self.reducer.reduce_s,
@@ -178,7 +186,8 @@ class RayBackend:
         """Each worker evaluates its slice of the batches; every worker gets all the losses, in order."""
         sizes, mine = self._slice(batches.shape[0])
         loader = object_loader(self._current_refs())
-        losses = self.compute.eval_losses(batches[mine], loader) if sizes[self.rank] else []
+        with self._supervised():
+            losses = self.compute.eval_losses(batches[mine], loader) if sizes[self.rank] else []
         return gather_chunks(losses, sizes, self.device)
 
     def restore(self) -> None:

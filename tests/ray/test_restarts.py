@@ -95,7 +95,7 @@ def assert_equals_uninterrupted(tmp_path: Path, data: Path, killed: Path, accumu
     return diff
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_instance():
     ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
     yield
