@@ -231,6 +231,16 @@ def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int,
     return ratios
 
 
+def parse_streams(text: str) -> list[int]:
+    try:
+        streams = [int(s) for s in text.split(",")]
+    except ValueError:
+        streams = []
+    if not streams or min(streams) < 1:
+        raise ConfigError(f"bench serve: --streams must be comma-separated positive integers, got {text!r}")
+    return streams
+
+
 def run(args: argparse.Namespace) -> int:
     from ray import serve
     from tokenizers import Tokenizer
@@ -241,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
     from perkunas_ray.model.decoder import count_parameters
     from perkunas_ray.model.presets import load_preset
 
-    streams = [int(s) for s in args.streams.split(",")]
+    streams = parse_streams(args.streams)
+    for flag in ("prompt_tokens", "new_tokens", "rounds", "threads"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"bench serve: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     cfg = load_preset(args.preset)
     if args.prompt_tokens + args.new_tokens > cfg.max_seq_len:
         raise ConfigError(f"bench serve: --prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} "

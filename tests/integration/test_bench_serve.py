@@ -33,9 +33,11 @@ def test_bench_serve_reports_every_layer(capsys):
     assert set(report["stack_cost"]) == {"1", "2"} and "vs_llamacpp" not in report
 
 
-def test_bench_serve_names_a_missing_binary(tmp_path, capsys):
-    assert main([*SMALL, "--vs-llamacpp", str(tmp_path / "nope")]) == 2
-    assert "--vs-llamacpp" in capsys.readouterr().err
+@pytest.mark.parametrize(("flags", "named"), [(["--vs-llamacpp", "/nonexistent/llama-server"], "--vs-llamacpp"),
+                                              (["--streams", "1,x"], "--streams"), (["--rounds", "0"], "--rounds")])
+def test_bench_serve_names_a_bad_flag(flags, named, capsys):
+    assert main([*SMALL, *flags]) == 2
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not LLAMA_SERVER, reason="set PERKUNAS_LLAMA_SERVER to a llama-server binary")
