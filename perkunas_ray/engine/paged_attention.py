@@ -21,8 +21,14 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_posit
     to the keys at or before its own position. Padding, stale slots past the sequence's end and
     pruned blocks (absent from k) are therefore never attended.
     """
-    mask = key_positions[:, None, None, :] <= query_positions[:, None, :, None]  # (B, 1, Tq, Tk)
-    return masked_attention(q, k, v, mask, softcap)
+    return masked_attention(q, k, v, causal_mask(key_positions, query_positions), softcap)
+
+
+def causal_mask(key_positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor:
+    """(B, Tk) key and (B, Tq) query positions -> (B, 1, Tq, Tk), True where the key is at or before the query.
+
+    The engine builds it once per step per attention group; every layer reuses it."""
+    return key_positions[:, None, None, :] <= query_positions[:, None, :, None]
 
 
 def block_key_positions(block_starts: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from perkunas_ray.engine.block_pool import NULL_BLOCK_ID
-from perkunas_ray.engine.paged_attention import PAD_POSITION, AttentionGroup, block_key_positions
+from perkunas_ray.engine.paged_attention import PAD_POSITION, AttentionGroup, block_key_positions, causal_mask
 from perkunas_ray.engine.scheduler import ScheduledRequest
 
 
@@ -125,5 +125,4 @@ class StepInputBuilder:
             return AttentionGroup(start, num_queries, block_table, None, end)
         query_positions = self._tensor(positions[start:start + b * num_queries].reshape(b, num_queries))
         key_positions = block_key_positions(self._tensor(starts[:b, :width]), bs)
-        mask = key_positions[:, None, None, :] <= query_positions[:, None, :, None]  # (B, 1, Tq, Tk)
-        return AttentionGroup(start, num_queries, block_table, mask, width * bs)
+        return AttentionGroup(start, num_queries, block_table, causal_mask(key_positions, query_positions), width * bs)
