@@ -79,9 +79,8 @@ def print_scaling(rows: list[dict[str, Any]]) -> None:
 
 
 def run_scaling(args: argparse.Namespace, make_config: ConfigMaker) -> int:
-    import ray
-
     counts = parse_counts(args.num_workers)
+    import ray  # after the arguments are checked: a typo costs no Ray import
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="perkunas-bench-dp-"))
     started_ray = not ray.is_initialized()
     if started_ray:

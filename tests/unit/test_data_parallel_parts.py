@@ -79,3 +79,11 @@ def test_the_report_shows_each_worker_and_the_restarts():
     assert "<h2>Workers</h2>" in page and "2,000" in page and "20.0%" in page
     assert "attempt 1 from step 2" in page
     assert workers_html([], starts) == ""
+
+
+@pytest.mark.parametrize("text", ["0", "1,x", ","])
+def test_bench_train_names_bad_worker_counts(text, capsys):
+    from perkunas_ray.cli import main
+
+    assert main(["bench", "train", "--num-workers", text]) == 2
+    assert "--num-workers" in capsys.readouterr().err
