@@ -37,7 +37,6 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     ray_group.add_argument("--in-process", action="store_true",
                            help="run store, compute and flusher in this process (no Ray); same results")
     ray_group.add_argument("--ray-num-cpus", type=int, default=0, help="CPUs of a locally started Ray (0: all)")
-    ray_group.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
     ray_group.add_argument("--quiet", action="store_true", help="print only the summary")
     add_config_flags(parser)
 
@@ -95,8 +94,13 @@ def connect_ray(args: argparse.Namespace, namespace: str) -> bool:
     if address:
         ray.init(address=address, namespace=namespace)
     else:
-        # address="local": never join a cluster someone else's `ray start` left in /tmp/ray by accident
-        ray.init(address="local", num_cpus=args.ray_num_cpus or None, include_dashboard=args.dashboard,
+        # Ray Train routes a worker's print() through its logger and Ray forwards both: every line would reach
+        # this console twice. The workers of a local Ray inherit this process's environment.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        # address="local": never join a cluster someone else's `ray start` left in /tmp/ray by accident. The
+        # dashboard serves the State API, which Ray Train's placement-group cleaner polls (without it, it warns
+        # every second).
+        ray.init(address="local", num_cpus=args.ray_num_cpus or None, include_dashboard=True,
                  namespace=namespace)
     return True
 
