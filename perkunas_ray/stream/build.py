@@ -75,6 +75,12 @@ def run_name(durable: str) -> str:
     return f"{Path(durable.rstrip('/')).name or 'run'}-{digest}"
 
 
+def clean_crashed_writes(paths: RunPaths) -> None:
+    """Remove the half-written files a crashed writer left in the durable and the active dir."""
+    clean_stale_writes(DurableDir(paths.durable))
+    clean_stale_writes(DurableDir(str(paths.active)))
+
+
 def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name: str = "",
              write: bool = True) -> TrainRun:
     """Check the data against the config before anything is written, take the run dir (`write`: a second
@@ -97,8 +103,7 @@ def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name
             for message in retention_warnings(cfg.checkpoint.keep_last_checkpoints,
                                               cfg.checkpoint.durable_flush_every, cfg.train.save_every):
                 warnings.warn(message, stacklevel=2)
-            clean_stale_writes(DurableDir(paths.durable))
-            clean_stale_writes(DurableDir(str(paths.active)))
+            clean_crashed_writes(paths)
         if init:
             init_run(cfg, paths, train_data)
         ckpt, state = latest_state(paths)

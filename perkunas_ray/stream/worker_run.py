@@ -22,11 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from perkunas_ray.checkpoint.cleanup import clean_stale_writes
-from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.config import RunConfig
 from perkunas_ray.run_setup import open_datasets
-from perkunas_ray.stream.build import TrainRun, open_run
+from perkunas_ray.stream.build import TrainRun, clean_crashed_writes, open_run
 from perkunas_ray.stream.grad_reduce import gather_rows
 from perkunas_ray.stream.loop import TrainLoop
 from perkunas_ray.stream.ray_backend import RayBackend, end_actors
@@ -70,9 +68,7 @@ def open_on_rank0(cfg: RunConfig, job: WorkerJob, start_actors: ActorStarter,
     """End a failed attempt's actors, clear its half-written files, open the newest durable checkpoint and
     start fresh helper actors on it."""
     end_actors(cfg, job.run_name, find_actors(cfg, job.run_name))
-    paths = resolve_paths(cfg)
-    clean_stale_writes(DurableDir(paths.durable))
-    clean_stale_writes(DurableDir(str(paths.active)))
+    clean_crashed_writes(resolve_paths(cfg))
     run = open_run(cfg, init=False, write=False, name=job.run_name)  # the driver holds the run dir's lock
     return run, start_actors(run)
 
