@@ -4,7 +4,7 @@
         by torch.distributed; rank 0 hands the sums to
     ShardStoreActor (fp32 masters + optimizers: updates once) --shard versions (ObjectRefs)--> the workers
     PrefetchActor (reads versions ahead), CheckpointFlusherActor (active -> durable; the training gauges),
-    RefBoardActor (where the workers find the current versions)
+    RefBoardActor (where workers 1..N-1 find the current versions; not started for one worker)
 
 Rank 0 starts the helpers (build_actors) on the driver's node at every (re)start of the worker group; Ray Train restarts
 the group from the newest durable checkpoint when a worker or a helper dies (ray.max_failures times).
@@ -45,13 +45,15 @@ def build_actors(run: TrainRun, node_id: str = "") -> dict[str, Any]:
     def start(cls: type, role: str, *args: Any) -> Any:
         return ray.remote(cls).options(**actor_options(cfg, run.name, role), **placement).remote(*args)
 
-    return {
+    actors = {
         "shard_store": start(ShardStoreActor, "shard_store", cfg, str(run.checkpoint_dir)),
         "prefetch": start(PrefetchActor, "prefetch", cfg.stream.prefetch_window),
         "checkpoint_flusher": start(CheckpointFlusherActor, "checkpoint_flusher", paths.durable, str(paths.active),
                                     cfg.checkpoint.keep_last_checkpoints, paths.mirrored_files, run.name),
-        "ref_board": start(RefBoardActor, "ref_board"),
     }
+    if cfg.ray.num_workers > 1:  # every Ray process wakes 100 times a second: on a small machine, each one
+        actors["ref_board"] = start(RefBoardActor, "ref_board")  # more costs the compute threads ~1%
+    return actors
 
 
 def absolute_paths(cfg: PerkunasConfig) -> PerkunasConfig:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError, PerkunasError
+from perkunas_ray.local_ray import start_local_ray
 from perkunas_ray.run_flags import add_config_flags, apply_flags, config_from_args, flag_overrides
 from perkunas_ray.run_setup import DEFAULT_RUNS, bundled_data_dir
 from perkunas_ray.stream.build import TrainRun, local_backend, open_run, train, validate
@@ -94,14 +95,7 @@ def connect_ray(args: argparse.Namespace, namespace: str) -> bool:
     if address:
         ray.init(address=address, namespace=namespace)
     else:
-        # Ray Train routes a worker's print() through its logger and Ray forwards both: every line would reach
-        # this console twice. The workers of a local Ray inherit this process's environment.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        # address="local": never join a cluster someone else's `ray start` left in /tmp/ray by accident. The
-        # dashboard serves the State API, which Ray Train's placement-group cleaner polls (without it, it warns
-        # every second).
-        ray.init(address="local", num_cpus=args.ray_num_cpus or None, include_dashboard=True,
-                 namespace=namespace)
+        start_local_ray(namespace, args.ray_num_cpus or None)
     return True
 
 

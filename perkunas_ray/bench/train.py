@@ -3,11 +3,14 @@
 Same model, same batches, one process run. The streaming runtime gets a byte budget of
 (training state) / --over-budget; the table and the JSON line report medians over the steps after
 warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and where the
-streamed step's time goes: forward, replay + backward, the store's update math, and orchestration
-(the rest: hand-offs, object-store copies, actor calls). --sizes runs the comparison at several
+streamed step's time goes: forward, replay + backward (each with its hand-offs and object-store
+copies), the store's update math (overlapped with the backward), and orchestration (the rest). --sizes runs the comparison at several
 model sizes and prints one row per size with MFU/HFU estimates. On Ray (not --in-process) the
-streamed run trains on one Ray Train worker after the reference's steps. --num-workers 1,2 measures
-data-parallel scaling instead (perkunas_ray/bench/train_scaling.py).
+streamed run trains on one Ray Train worker, and the ratio compares it with the reference's steps on
+one Ray Train worker of the same cluster (every Ray process wakes 100 times a second; on a small
+machine those wake-ups preempt the compute threads of both alike); the reference outside Ray is
+printed beside it with its own ratio. --num-workers 1,2 measures data-parallel scaling instead
+(perkunas_ray/bench/train_scaling.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from perkunas_ray.bench.train_scaling import run_scaling
 from perkunas_ray.bench.train_sizes import run_sizes
 from perkunas_ray.config import ModelConfig, RunConfig
+from perkunas_ray.local_ray import start_local_ray
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.run_setup import bundled_data_dir
 from perkunas_ray.stream.build import local_backend, open_run
@@ -137,21 +141,43 @@ class StreamRunner:
 def ray_stream_records(cfg: RunConfig) -> list[dict[str, Any]]:
     """The whole streamed run on Ray Train (one worker) and its actors; its step records from the run's log.
     A step's time there includes waiting for the previous step's updates, as the in-process runner's does."""
-    import ray
-
     from actors.driver import train_on_ray
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address="local", include_dashboard=False, namespace=cfg.ray.namespace)
-    try:
-        with open_run(cfg, init=True) as run:
-            train_on_ray(run, verbose=False)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with open_run(cfg, init=True) as run:
+        train_on_ray(run, verbose=False)
     steps = [r for r in read_log(Path(cfg.checkpoint.run_dir) / TRAIN_LOG) if r["event"] == "step"]
     return [{**r, "wall_s": r["step_time_s"]} for r in steps]
+
+
+def reference_worker(config: dict[str, Any]) -> None:
+    """Ray Train's function for the reference's steps on Ray: the process settings of a streamed run's worker."""
+    from perkunas_ray.stream.worker_process import prepare_worker_process
+
+    cfg = RunConfig.from_mapping(config["cfg"]).validate()
+    prepare_worker_process(cfg.ray.compute_threads)
+    runner = ReferenceRunner(cfg)
+    records = [runner.step() for _ in range(config["steps"])]
+    Path(config["out"]).write_text(json.dumps(records, default=float))
+
+
+def ray_reference_records(cfg: RunConfig, steps: int) -> list[dict[str, Any]]:
+    """The reference's steps on one Ray Train worker: the same cluster around it as around the streamed run (on
+    2 cores, every Ray process's 100 Hz wake-ups preempt the compute threads; that tax is not the runtime's)."""
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from actors.driver import absolute_paths
+    from perkunas_ray.config import to_dict
+
+    cfg = absolute_paths(cfg)  # the worker need not share this process's cwd
+    run_dir = Path(cfg.checkpoint.run_dir)
+    out = run_dir / "reference_records.json"
+    TorchTrainer(reference_worker, train_loop_config={"cfg": to_dict(cfg), "steps": steps, "out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=TrainRunConfig(name="perkunas-bench-reference", storage_path=str(run_dir / "ray_train"))
+                 ).fit()
+    return json.loads(out.read_text())
 
 
 def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
@@ -159,10 +185,12 @@ def median(records: list[dict[str, Any]], key: str, warmup: int) -> float:
 
 
 def breakdown(records: list[dict[str, Any]], warmup: int) -> dict[str, float]:
-    """Median seconds per streamed step by where they go; orchestration is the step time left over."""
+    """Median seconds per streamed step by where they go. The store's update math overlaps the backward of the
+    shards below (an update it does not hide shows as waiting for shards), so orchestration is the step time
+    outside forward and replay + backward: handing the batch over, gathering figures, logging."""
     parts = {key: median(records, key, warmup) for key in ("forward_s", "backward_s", "update_s", "wait_s")}
     parts["orchestration_s"] = float(statistics.median(
-        max(0.0, r["step_time_s"] - r["forward_s"] - r["backward_s"] - r["update_s"]) for r in records[warmup:]))
+        max(0.0, r["step_time_s"] - r["forward_s"] - r["backward_s"]) for r in records[warmup:]))
     return parts
 
 
@@ -178,7 +206,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     ref_cfg = bench_config(args, data_dir, work / "reference")
     started = time.perf_counter()
     reference = ReferenceRunner(ref_cfg)
-    ref, stream = [], []
+    ref, stream, outside = [], [], []  # outside: the reference outside Ray, when the streamed run is on Ray
     if args.in_process:
         streaming = StreamRunner(stream_cfg)
         try:  # interleaved, so load from elsewhere on the machine falls on both alike
@@ -187,15 +215,23 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 stream.append(streaming.step())
         finally:
             streaming.close()
-    else:  # Ray Train runs the loop in its worker: the reference steps first, then the streamed run
-        ref = [reference.step() for _ in range(args.warmup + args.steps)]
-        stream = ray_stream_records(stream_cfg)
-    for r in ref + stream:
+    else:  # Ray Train runs the loop in its worker: the reference's steps outside Ray, then on Ray, then streamed
+        outside = [reference.step() for _ in range(args.warmup + args.steps)]
+        import ray
+
+        start_local_ray(stream_cfg.ray.namespace)
+        try:
+            ref = ray_reference_records(bench_config(args, data_dir, work / "reference-ray"), args.warmup + args.steps)
+            stream = ray_stream_records(stream_cfg)
+        finally:
+            ray.shutdown()
+    for r in ref + stream + outside:
         r["tokens_per_s"] = r["tokens_per_s"] * r["step_time_s"] / r["wall_s"]
         r["step_time_s"] = r["wall_s"]
     w = args.warmup
     ref_tps, stream_tps = median(ref, "tokens_per_s", w), median(stream, "tokens_per_s", w)
     ref_peak, stream_peak = max(r["peak_bytes"] for r in ref[w:]), max(r["peak_bytes"] for r in stream[w:])
+    outside_tps = median(outside, "tokens_per_s", w) if outside else None
     wait_share = float(statistics.median(r["wait_s"] / r["step_time_s"] for r in stream[w:]))
     return {
         "bench": "train", "device": ref_cfg.train.device, "optimizer": args.optimizer,
@@ -211,6 +247,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "wait_share": wait_share, "stream_step_s": median(stream, "step_time_s", w),
         "reference_step_s": median(ref, "step_time_s", w), "stream_breakdown_s": breakdown(stream, w),
         "wall_s": time.perf_counter() - started, "runtime": "in-process" if args.in_process else "ray-train",
+        "reference_outside_ray_tokens_per_s": outside_tps,
+        "throughput_ratio_outside_ray": stream_tps / outside_tps if outside_tps else None,
     }
 
 
@@ -222,13 +260,16 @@ def print_comparison(result: dict[str, Any]) -> None:
             ("step time s (median)", f"{result['reference_step_s']:.3f}", f"{result['stream_step_s']:.3f}"),
             ("  forward s", "-", f"{parts['forward_s']:.3f}"),
             ("  replay + backward s", "-", f"{parts['backward_s']:.3f} (waiting for shards {parts['wait_s']:.3f})"),
-            ("  update math s", "-", f"{parts['update_s']:.3f}"),
+            ("  update math s", "-", f"{parts['update_s']:.3f} (overlapped)"),
             ("  orchestration s", "-", f"{parts['orchestration_s']:.3f}"),
             ("peak bytes", f"{result['reference_peak_bytes'] / mib:.1f} MiB", f"{result['stream_peak_bytes'] / mib:.1f} MiB"),
             ("budget", "-", f"{result['budget_bytes'] / mib:.1f} MiB (state {result['training_state_bytes'] / mib:.1f} MiB)"),
             ("wait share of step", "-", f"{result['wait_share']:.1%}")]
     for row in rows:
         print(f"{row[0]:<24}{row[1]:>24}{row[2]:>36}")
+    if result["reference_outside_ray_tokens_per_s"]:
+        print(f"{'reference outside Ray':<24}{result['reference_outside_ray_tokens_per_s']:>24,.0f} tok/s"
+              f"{'ratio to it ' + format(result['throughput_ratio_outside_ray'], '.3f'):>36}")
     print(f"throughput ratio {result['throughput_ratio']:.3f} | memory ratio {result['memory_ratio']:.3f} | "
           f"model state {result['over_budget']:g}x the budget")
 

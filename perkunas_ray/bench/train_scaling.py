@@ -21,6 +21,7 @@ from typing import Any
 
 from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError
+from perkunas_ray.local_ray import start_local_ray
 from perkunas_ray.run_setup import bundled_data_dir
 from perkunas_ray.stream.build import open_run
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
@@ -84,7 +85,7 @@ def run_scaling(args: argparse.Namespace, make_config: ConfigMaker) -> int:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="perkunas-bench-dp-"))
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, max(counts)), include_dashboard=False)
+        start_local_ray(num_cpus=max(os.cpu_count() or 1, max(counts)))
     rows = []
     try:
         for n in counts:

@@ -40,7 +40,7 @@ class StreamCompute:
     """Owns the compute device; shard modules live on the meta device and run through functional_call."""
 
     def __init__(self, cfg: RunConfig, device: torch.device,
-                 trace_factory: Callable[[MemoryTracker], TraceStore] | None = None) -> None:
+                 trace_factory: Callable[[MemoryTracker, int], TraceStore] | None = None) -> None:
         self.cfg = cfg
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -60,7 +60,7 @@ class StreamCompute:
             raise ConfigError(f"stream.max_resident_bytes is {budget:,} but the largest shard needs "
                               f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients); "
                               f"raise the budget or lower model.layers_per_shard")
-        self.trace_factory = trace_factory or (lambda tracker: LocalTraceStore(
+        self.trace_factory = trace_factory or (lambda tracker, num_micro: LocalTraceStore(
             trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}
         self.tied_grad_seed: TiedGradSeed = keep_tied_grad  # data parallel: ShardReducer.tied_grad_seed
@@ -125,7 +125,7 @@ class StreamCompute:
         xs, ys = zip(*(split_batch(batch[m], self.device) for m in range(num_micro)), strict=True)
         stats = StepStats(num_tokens=sum(x.numel() for x in xs))
         self.tracker.reset_peak()
-        traces = self.trace_factory(self.tracker)
+        traces = self.trace_factory(self.tracker, num_micro)
         entries = self.train_schedule()
         stager = self._stager(loader, entries)
         nfwd = len(self.specs) - 1
@@ -230,7 +230,7 @@ class StreamCompute:
         num = batches.shape[0]
         batches = np.array(batches)
         xs, ys = zip(*(split_batch(batches[k], self.device) for k in range(num)), strict=True)
-        traces = self.trace_factory(self.tracker)
+        traces = self.trace_factory(self.tracker, num)
         stager = self._stager(loader, self.eval_schedule())
         losses = [0.0] * num
         for module in self.modules.values():

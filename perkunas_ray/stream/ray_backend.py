@@ -43,13 +43,14 @@ def split_sizes(num: int, world: int) -> list[int]:
 
 
 class RayBackend:
-    """`actors`: role (shard_store, prefetch, checkpoint_flusher, ref_board) -> handle; each answers `ping`."""
+    """`actors`: role (shard_store, prefetch, checkpoint_flusher, and ref_board when world > 1) -> handle; each
+    answers `ping`."""
 
     def __init__(self, cfg: RunConfig, actors: dict[str, Any], paths: RunPaths, resume_step: int,
                  run_name: str, device: torch.device, rank: int, world: int) -> None:
         self.cfg, self.actors, self.paths, self.run_name = cfg, actors, paths, run_name
         self.rank, self.world, self.device = rank, world, device
-        self.store, self.board = actors["shard_store"], actors["ref_board"]
+        self.store, self.board = actors["shard_store"], actors.get("ref_board")
         self.prefetch, self.flusher = actors["prefetch"], actors["checkpoint_flusher"]
         self.names = [s.name for s in stream_shard_specs(cfg.model)]
         self.compute = worker_compute(cfg, device)
@@ -104,7 +105,8 @@ class RayBackend:
     def _publish(self) -> None:
         """Rank 0 after every change of the shard versions; the others learn that they must fetch."""
         if self.rank == 0:
-            self.board.publish.remote(self._version, dict(self.refs))
+            if self.board is not None:
+                self.board.publish.remote(self._version, dict(self.refs))
             self._have = self._version
 
     def _changed(self) -> None:

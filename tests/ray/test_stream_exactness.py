@@ -26,15 +26,17 @@ def data_dir(tmp_path_factory):
     return small_data_dir(tmp_path_factory.mktemp("stream_data"))
 
 
-@pytest.mark.parametrize("optimizer,clip,tied", [
-    ("adamw", "global", True),
-    ("lion", "global", False),
-    ("adafactor", "global", True),
-    ("adamw", "shard", False),
+@pytest.mark.parametrize("optimizer,clip,tied,traces", [
+    ("adamw", "global", True, "cpu"),
+    ("lion", "global", False, "cpu"),
+    ("adafactor", "global", True, "cpu"),
+    ("adamw", "shard", False, "cpu"),
+    ("adamw", "global", True, "object-store"),  # boundaries leave the worker, one object per boundary
 ])
-def test_ray_runtime_equals_reference(ray_instance, tmp_path, data_dir, optimizer, clip, tied):
+def test_ray_runtime_equals_reference(ray_instance, tmp_path, data_dir, optimizer, clip, tied, traces):
     overrides = dict(optimizer=optimizer, grad_clip_mode=clip, max_steps=10, model__tie_embeddings=tied,
-                     stream__max_resident_shards=2, save_every=5, checkpoint__durable_flush_every=5)
+                     stream__max_resident_shards=2, save_every=5, checkpoint__durable_flush_every=5,
+                     stream__trace_storage=traces)
     ref = ReferenceTrainer(small_config(data_dir, tmp_path / "ref", **overrides), tmp_path / "ref",
                            verbose=False).train()
     got = train_with_ray(small_config(data_dir, tmp_path / "stream", **overrides))
