@@ -10,6 +10,10 @@ Measured in one run, same threads for every side:
   handle      a DeploymentHandle stream from this process to the replica (replica + the replica -> caller hop)
   http        the whole stack: HTTP -> Serve proxy -> ingress -> replica
   llama.cpp   `llama-server -np 16 -t THREADS` on our f32 GGUF export of the same weights
+The engine and llama.cpp run twice: first with no Ray on the machine ("alone"), then beside the Serve cluster
+with the other sides. On a small machine every Ray process wakes 100 times a second and preempts compute
+threads, so the two phases differ: "Ray tax" is the engine's tok/s alone over beside Serve, and serve is
+compared with llama-server both ways (alone is what a user running only llama-server gets).
 """
 
 from __future__ import annotations
@@ -231,6 +235,27 @@ def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int,
     return ratios
 
 
+def print_alone(results: dict[str, dict[int, dict[str, Any]]], alone: dict[str, dict[int, dict[str, Any]]],
+                streams: list[int]) -> dict[str, Any]:
+    """The sides measured with no Ray on the machine, and the ratios against them (medians of different phases,
+    so noisier than the per-round ratios above)."""
+    def tps(side: dict[int, dict[str, Any]], n: int) -> float:
+        return side[n]["tokens_per_s"]
+
+    print("\nalone (no Ray running), output tok/s")
+    ratios: dict[str, Any] = {"ray_tax_engine": {n: tps(alone["engine"], n) / tps(results["engine"], n)
+                                                 for n in streams}}
+    for side in alone:
+        print(f"  {side:36s}" + "".join(f"{tps(alone[side], n):>10.1f}" for n in streams))
+    print(f"  {'Ray tax: engine alone / beside Serve':36s}"
+          + "".join(f"{ratios['ray_tax_engine'][n]:>10.2f}" for n in streams))
+    if "llama.cpp" in alone:
+        ratios["vs_llamacpp_alone"] = {n: tps(results["http"], n) / tps(alone["llama.cpp"], n) for n in streams}
+        print(f"  {'serve / llama-server alone':36s}"
+              + "".join(f"{ratios['vs_llamacpp_alone'][n]:>10.2f}" for n in streams))
+    return ratios
+
+
 def parse_streams(text: str) -> list[int]:
     try:
         streams = [int(s) for s in text.split(",")]
@@ -272,21 +297,25 @@ def run(args: argparse.Namespace) -> int:
           f"out, greedy, median of {args.rounds} rounds", flush=True)
     sides = {"engine": engine_side(registry.models[MODEL], args.threads)}
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads))
-        handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
-        sides["handle"] = handle_side(handle)
-        sides["http"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"})
         if args.vs_llamacpp:
             from perkunas_ray.export import export_gguf
 
             gguf = export_gguf(run_dir, work_dir / "model.gguf", dtype="f32")
             sides["llama.cpp"] = http_side(stack.enter_context(
                 llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len)))
+        print("alone (no Ray running):", flush=True)
+        alone, _ = measure(dict(sides), prompts, args.new_tokens)
+        print("beside the Serve cluster:", flush=True)
+        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads))
+        handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
+        sides["handle"] = handle_side(handle)
+        sides["http"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"})
         results, per_round = measure(sides, prompts, args.new_tokens)
     table = breakdown(results, streams)
     ratios = print_report(results, table, per_round, streams)
+    ratios.update(print_alone(results, alone, streams))
     print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
                       "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
-                      "results": results, "breakdown_ms_per_token": table, "per_round_tokens_per_s": per_round,
-                      **ratios}))
+                      "results": results, "results_alone": alone, "breakdown_ms_per_token": table,
+                      "per_round_tokens_per_s": per_round, **ratios}))
     return 0

@@ -4,12 +4,12 @@ Same model, same batches, one process run. The streaming runtime gets a byte bud
 (training state) / --over-budget; the table and the JSON line report medians over the steps after
 warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and where the
 streamed step's time goes: forward, replay + backward (each with its hand-offs and object-store
-copies), the store's update math (overlapped with the backward), and orchestration (the rest). --sizes runs the comparison at several
-model sizes and prints one row per size with MFU/HFU estimates. On Ray (not --in-process) the
-streamed run trains on one Ray Train worker, and the ratio compares it with the reference's steps on
-one Ray Train worker of the same cluster (every Ray process wakes 100 times a second; on a small
-machine those wake-ups preempt the compute threads of both alike); the reference outside Ray is
-printed beside it with its own ratio. --num-workers 1,2 measures data-parallel scaling instead
+copies), the store's update math (overlapped with the backward), and orchestration (the rest).
+--sizes runs the comparison at several model sizes and prints one row per size with MFU/HFU
+estimates. On Ray (not --in-process) the streamed run trains on one Ray Train worker, and the ratio
+compares it with the reference's steps on one Ray Train worker of the same cluster (every Ray
+process wakes 100 times a second; on a small machine those wake-ups preempt the compute threads of
+both alike); the reference outside Ray is printed beside it with its own ratio. --num-workers 1,2 measures data-parallel scaling instead
 (perkunas_ray/bench/train_scaling.py).
 """
 
@@ -219,12 +219,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         outside = [reference.step() for _ in range(args.warmup + args.steps)]
         import ray
 
-        start_local_ray(stream_cfg.ray.namespace)
+        started_ray = not ray.is_initialized()  # inside a Ray job: its cluster
+        if started_ray:
+            start_local_ray(stream_cfg.ray.namespace)
         try:
             ref = ray_reference_records(bench_config(args, data_dir, work / "reference-ray"), args.warmup + args.steps)
             stream = ray_stream_records(stream_cfg)
         finally:
-            ray.shutdown()
+            if started_ray:
+                ray.shutdown()
     for r in ref + stream + outside:
         r["tokens_per_s"] = r["tokens_per_s"] * r["step_time_s"] / r["wall_s"]
         r["step_time_s"] = r["wall_s"]

@@ -31,6 +31,8 @@ def test_bench_serve_reports_every_layer(capsys):
             assert report["results"][side][n]["tokens_per_s"] > 0, (side, n)
     assert report["results"]["handle"]["1"]["replica_tokens_per_s"] > 0, "the replica's own timing came back"
     assert set(report["stack_cost"]) == {"1", "2"} and "vs_llamacpp" not in report
+    assert set(report["results_alone"]) == {"engine"}, "only the engine runs before the Serve cluster"
+    assert all(report["ray_tax_engine"][n] > 0 for n in ("1", "2")) and "alone (no Ray running)" in out
 
 
 @pytest.mark.parametrize(("flags", "named"), [(["--vs-llamacpp", "/nonexistent/llama-server"], "--vs-llamacpp"),
@@ -49,3 +51,4 @@ def test_bench_serve_vs_llamacpp(capsys):
     for n in ("1", "2"):
         assert report["results"]["llama.cpp"][n]["tokens_per_s"] > 0
         assert report["vs_llamacpp"][n] > 0 and report["engine_vs_llamacpp"][n] > 0
+        assert report["results_alone"]["llama.cpp"][n]["tokens_per_s"] > 0 and report["vs_llamacpp_alone"][n] > 0
