@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import statistics
@@ -112,10 +113,11 @@ def engine_side(spec: Any, threads: int) -> Any:
     import torch
 
     from perkunas_ray.engine.interface import SamplingParams
+    from perkunas_ray.engine.torch_thread import run_on_torch_thread
     from perkunas_ray.kvserve.service import build_engine
 
     torch.set_num_threads(threads)
-    engine, _ = build_engine(spec)
+    engine, _ = run_on_torch_thread(build_engine, spec)  # where a replica builds it (engine/torch_thread.py)
 
     def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
         params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
@@ -271,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenizers import Tokenizer
 
     from deployments import launch
+    from perkunas_ray.engine.torch_thread import run_on_torch_thread
     from perkunas_ray.kvserve.serve_options import deployment_name
     from perkunas_ray.kvserve.toy import make_model_run_dir
     from perkunas_ray.model.decoder import count_parameters
@@ -287,7 +290,9 @@ def run(args: argparse.Namespace) -> int:
     if args.vs_llamacpp and not Path(args.vs_llamacpp).is_file():
         raise ConfigError(f"bench serve: --vs-llamacpp {args.vs_llamacpp}: no such file (a llama-server binary)")
     work_dir = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    run_dir = make_model_run_dir(work_dir / "run", cfg, num_lines=100_000, seed=args.seed)
+    # Every tensor op of this process on one thread, as in a replica (engine/torch_thread.py): a second thread's
+    # OpenMP team would slow the in-process engine side down.
+    run_dir = run_on_torch_thread(make_model_run_dir, work_dir / "run", cfg, 100_000, args.seed)
     # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vs_llamacpp:
             from perkunas_ray.export import export_gguf
 
-            gguf = export_gguf(run_dir, work_dir / "model.gguf", dtype="f32")
+            gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir, work_dir / "model.gguf")
             sides["llama.cpp"] = http_side(stack.enter_context(
                 llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len)))
         print("alone (no Ray running):", flush=True)

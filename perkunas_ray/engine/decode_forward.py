@@ -3,8 +3,9 @@
 At serving batch sizes on CPU a step is mostly per-op dispatch: the speed preset ran ~230 top-level aten ops
 a decode step. Here each RMSNorm is one fused op instead of eight, RoPE reads a cached cos/sin table (one
 lookup per step instead of recomputing the frequencies) and rotates with one roll instead of chunk/neg/cat,
-and the linears skip nn.Module dispatch. Same operations in the same order as model/layers.py otherwise;
-the engine's greedy-equals-transformers and equals-reference tests hold it to that.
+and the linears skip nn.Module dispatch (on CPU they split across the threads: engine/cpu_linear.py). Same
+operations in the same order as model/layers.py otherwise; the engine's greedy-equals-transformers and
+equals-reference tests hold it to that.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from perkunas_ray.engine.cpu_linear import cpu_linear
 from perkunas_ray.model.attention import AttentionBackend
 from perkunas_ray.model.decoder import DecoderLM
 from perkunas_ray.model.layers import RMSNorm, rope_cos_sin
@@ -61,17 +63,17 @@ class DecodeForward:
         for block in self.blocks:
             a = block.self_attn
             h = rms_norm(x, block.input_layernorm)
-            q = F.linear(h, a.q_proj.weight).view(1, n, heads, hd)
-            k = F.linear(h, a.k_proj.weight).view(1, n, kv_heads, hd)
-            v = F.linear(h, a.v_proj.weight).view(1, n, kv_heads, hd)
+            q = cpu_linear(h, a.q_proj.weight).view(1, n, heads, hd)
+            k = cpu_linear(h, a.k_proj.weight).view(1, n, kv_heads, hd)
+            v = cpu_linear(h, a.v_proj.weight).view(1, n, kv_heads, hd)
             if a.qk_norm:
                 q, k = rms_norm(q, a.q_norm), rms_norm(k, a.k_norm)
             q = self._rope(q.transpose(1, 2), cos, sin)
             k = self._rope(k.transpose(1, 2), cos, sin)
             y = attn.attend(a.layer_id, q, k, v.transpose(1, 2), a.softcap, 0.0)  # (1, heads, N, hd)
-            x = x + F.linear(y.transpose(1, 2).reshape(1, n, heads * hd), a.o_proj.weight)
+            x = x + cpu_linear(y.transpose(1, 2).reshape(1, n, heads * hd), a.o_proj.weight)
             mlp = block.mlp
             h = rms_norm(x, block.post_attention_layernorm)
-            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                             mlp.down_proj.weight)
+            x = x + cpu_linear(F.silu(cpu_linear(h, mlp.gate_proj.weight)) * cpu_linear(h, mlp.up_proj.weight),
+                               mlp.down_proj.weight)
         return rms_norm(x, self.model.model.norm)[0]

@@ -30,6 +30,7 @@ from perkunas_ray.engine.request import Request, RequestStatus
 from perkunas_ray.engine.runner import ModelRunner
 from perkunas_ray.engine.sampler import Sampler
 from perkunas_ray.engine.scheduler import Scheduler
+from perkunas_ray.engine.torch_thread import on_torch_thread
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import DecoderLM
 
@@ -326,7 +327,7 @@ class NativeEngine:
     async def _step_loop(self) -> None:
         try:
             while self.has_unfinished():
-                await asyncio.to_thread(self.step)
+                await on_torch_thread(self.step)
         except Exception as exc:  # step() confines request failures; anything left is the engine's own
             for state in list(self._states.values()):
                 if state.sink is not None:
@@ -336,7 +337,7 @@ class NativeEngine:
     async def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op when unknown or finished)."""
         self._enqueue_abort(request_id)
-        await asyncio.to_thread(self._apply_pending_locked)
+        await on_torch_thread(self._apply_pending_locked)
 
     def _apply_pending_locked(self) -> None:
         with self._step_lock:

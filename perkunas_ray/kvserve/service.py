@@ -19,6 +19,7 @@ from typing import Any
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.engine.interface import Engine, KVEvent, SamplingParams
+from perkunas_ray.engine.torch_thread import on_own_thread, run_on_torch_thread
 from perkunas_ray.errors import CheckpointError, ConfigError, PerkunasError
 from perkunas_ray.kvserve.busy import BusyClock
 from perkunas_ray.kvserve.coalesce import coalesce, merge_deltas
@@ -92,7 +93,7 @@ class EngineService:
                  metrics: bool = True) -> None:
         self.spec = spec
         # step: the run's checkpoint step being served (None: a Hugging Face package, or an engine handed in)
-        self.engine, self.step = (engine, None) if engine is not None else build_engine(spec)
+        self.engine, self.step = (engine, None) if engine is not None else run_on_torch_thread(build_engine, spec)
         self.replica = replica
         self.mirror = KVEventMirror()
         self.metrics_enabled = metrics
@@ -134,7 +135,7 @@ class EngineService:
         if step is None:
             return None
         try:
-            engine, _ = await asyncio.to_thread(build_engine, self.spec, step)
+            engine, _ = await on_own_thread(build_engine, self.spec, step)  # the steps go on meanwhile
         except (CheckpointError, OSError) as exc:  # pruned while loading, or corrupt: wait for the next one
             self.follower.skip(step, exc, self.step)
             return None

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from perkunas_ray.config import ModelConfig
+from perkunas_ray.engine.cpu_linear import cpu_linear, split_parts
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.engine.request import Request
@@ -54,9 +56,10 @@ def test_every_group_keeps_its_own_block_table_and_mask() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_forward_equals_the_models_forward(dtype: torch.dtype) -> None:
+def test_decode_forward_equals_the_models_forward(dtype: torch.dtype, one_torch_thread) -> None:
     """Fused RMSNorm, the cached RoPE table (grown past max_seq_len, as pruning needs) and the rolled
-    rotation give the training module's hidden states, with QK-norm and grouped KV heads."""
+    rotation give the training module's hidden states bit for bit, with QK-norm and grouped KV heads (one
+    thread: with more, the linears split into row blocks, which round differently; tested below)."""
     cfg = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=16,
                       qk_norm=True).validate()
     model = build_model(cfg, seed=3).to(dtype).eval()
@@ -69,3 +72,23 @@ def test_decode_forward_equals_the_models_forward(dtype: torch.dtype) -> None:
             theirs = model.hidden_states(ids, positions)[0]
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert forward.cos.shape[0] >= 52
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_split_linear_equals_f_linear_to_rounding(rows: int) -> None:
+    """On several threads a linear runs as row blocks in one bmm: the same product up to float rounding; one
+    thread, an odd row count or a non-contiguous weight take the plain F.linear."""
+    weight = torch.randn(96, 40, generator=torch.Generator().manual_seed(rows))
+    x = torch.randn(1, rows, 40, generator=torch.Generator().manual_seed(rows + 1))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert split_parts(weight) == 2 and split_parts(torch.randn(95, 40)) == 1
+        assert split_parts(weight.t().contiguous().t()) == 1
+        torch.testing.assert_close(cpu_linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-6)
+        assert cpu_linear(x, weight).shape == (1, rows, 96)
+        torch.set_num_threads(1)
+        assert split_parts(weight) == 1
+        assert torch.equal(cpu_linear(x, weight), F.linear(x, weight))
+    finally:
+        torch.set_num_threads(before)
