@@ -93,7 +93,12 @@ class EngineService:
                  metrics: bool = True) -> None:
         self.spec = spec
         # step: the run's checkpoint step being served (None: a Hugging Face package, or an engine handed in)
-        self.engine, self.step = (engine, None) if engine is not None else run_on_torch_thread(build_engine, spec)
+        if engine is not None:
+            self.engine, self.step = engine, None
+        elif spec.engine == "native":  # its steps run on the torch thread (engine/torch_thread.py): built there too
+            self.engine, self.step = run_on_torch_thread(build_engine, spec)
+        else:
+            self.engine, self.step = build_engine(spec)
         self.replica = replica
         self.mirror = KVEventMirror()
         self.metrics_enabled = metrics
