@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 
 from perkunas_ray.stream.memory import MemoryTracker
 from perkunas_ray.stream.remote_compute import ObjectStoreTraces
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=1, include_dashboard=False, namespace="perkunas")
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

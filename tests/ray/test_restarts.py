@@ -95,13 +95,6 @@ def assert_equals_uninterrupted(tmp_path: Path, data: Path, killed: Path, accumu
     return diff
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
-    yield
-    ray.shutdown()
-
-
 def test_a_killed_worker_of_two_restarts_the_group(ray_instance, tmp_path, one_torch_thread):
     data = small_data_dir(tmp_path / "data")
     run = Training(small_config(data, tmp_path / "run", ray__num_workers=2, **SETTINGS))

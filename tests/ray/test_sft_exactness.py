@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from perkunas_ray.checkpoint import format as ckpt
 from perkunas_ray.reference import ReferenceTrainer
@@ -14,12 +13,6 @@ from tests.stream_helpers import max_relative_difference, small_config, small_da
 from tests.unit.test_sft_data import write_records
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    with ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas"):  # shut down on leaving
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.reference import ReferenceTrainer
 from tests.stream_helpers import max_relative_difference, small_config, small_data_dir, train_with_ray
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from perkunas_ray.model.decoder import count_parameters
 from tests.stream_helpers import small_config, small_data_dir, train_with_ray
@@ -13,13 +12,6 @@ from tests.stream_helpers import small_config, small_data_dir, train_with_ray
 pytestmark = pytest.mark.ray
 
 BUDGET = 8_000_000
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="perkunas")
-    yield
-    ray.shutdown()
 
 
 def big_config(tmp_path, budget: int):
