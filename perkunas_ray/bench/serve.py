@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "and of llama-server")
     p.add_argument("--stream-interval-ms", type=float, default=None,
                    help="the replica's stream coalescing interval (default: the registry's, see stream_interval_ms)")
+    p.add_argument("--stream-messages-per-s", type=float, default=None,
+                   help="the replica's stream message budget (default: the registry's, see stream_messages_per_s)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
     p.add_argument("--seed", type=int, default=0)
@@ -77,11 +79,13 @@ def completion_bodies(prompts: list[list[int]], new_tokens: int) -> list[dict[st
              "stream_options": {"include_usage": True}} for p in prompts]
 
 
-def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None) -> Registry:
-    interval = {} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}
+def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None,
+                   stream_messages_per_s: float | None = None) -> Registry:
+    pacing = {key: value for key, value in (("stream_interval_ms", stream_interval_ms),
+                                            ("stream_messages_per_s", stream_messages_per_s)) if value is not None}
     return parse_registry({"models": {MODEL: {
         "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": threads,
-        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **interval}}, "router": {"policy": "kv"}})
+        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **pacing}}, "router": {"policy": "kv"}})
 
 
 # ---- timed sides --------------------------------------------------------------------------------
@@ -296,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
-    registry = bench_registry(run_dir, args.threads, args.stream_interval_ms)
+    registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
           f"out, greedy, median of {args.rounds} rounds", flush=True)

@@ -66,6 +66,9 @@ class ModelSpec:
     # A stream's tokens go from replica to ingress in one message per this many ms (the first token at once):
     # each message costs a Ray round trip and an SSE event whatever it carries. 0: one per engine step.
     stream_interval_ms: float = 50.0
+    # ... widened with load so that a replica's streams together send about this many messages a second (the
+    # stack's CPU per message stays bounded as streams grow; at most 250 ms apart). 0: no cap.
+    stream_messages_per_s: float = 100.0
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 5.0
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
@@ -111,6 +114,8 @@ class ModelSpec:
               "a number >= 0", self.num_gpus)
         check(_is_num(self.stream_interval_ms) and 0 <= self.stream_interval_ms <= 1000, "stream_interval_ms",
               "a number of milliseconds in [0, 1000]", self.stream_interval_ms)
+        check(_is_num(self.stream_messages_per_s) and self.stream_messages_per_s >= 0, "stream_messages_per_s",
+              "a number >= 0 (0: no cap)", self.stream_messages_per_s)
         for name in ("health_check_period_s", "graceful_shutdown_timeout_s"):
             value = getattr(self, name)
             check(_is_num(value) and value > 0, name, "a number > 0", value)

@@ -22,7 +22,7 @@ from perkunas_ray.engine.interface import Engine, KVEvent, SamplingParams
 from perkunas_ray.engine.torch_thread import on_own_thread, run_on_torch_thread
 from perkunas_ray.errors import CheckpointError, ConfigError, PerkunasError
 from perkunas_ray.kvserve.busy import BusyClock
-from perkunas_ray.kvserve.coalesce import coalesce, merge_deltas
+from perkunas_ray.kvserve.coalesce import StreamPacer, merge_deltas
 from perkunas_ray.kvserve.follow import RunFollower
 from perkunas_ray.kvserve.metrics import EngineMetrics
 from perkunas_ray.kvserve.registry import ModelSpec
@@ -107,6 +107,7 @@ class EngineService:
         self.num_aborted = 0
         self.num_switches = 0
         self.busy = BusyClock()
+        self.pacer = StreamPacer(spec.stream_interval_s, spec.stream_messages_per_s)
         self.follower = RunFollower(spec.source) if spec.follow else None
         self._follow_task: asyncio.Task[None] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts it
@@ -162,12 +163,12 @@ class EngineService:
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:
-        """Yield the request's deltas, coalesced (see `coalesce`); the last has finished=True.
+        """Yield the request's deltas, coalesced (see `StreamPacer`); the last has finished=True.
 
         If the consumer stops early (a dropped client cancels the call, or closes the generator), the
         request is aborted and its blocks are freed.
         """
-        deltas = coalesce(self._engine_deltas(request_id, prompt_token_ids, params), self.spec.stream_interval_s)
+        deltas = self.pacer.pace(self._engine_deltas(request_id, prompt_token_ids, params))
         try:
             async for delta in deltas:
                 yield delta

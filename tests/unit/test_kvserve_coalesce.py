@@ -10,7 +10,7 @@ import pytest
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.native import NativeEngine
-from perkunas_ray.kvserve.coalesce import coalesce, merge_deltas
+from perkunas_ray.kvserve.coalesce import StreamPacer, coalesce, merge_deltas
 from perkunas_ray.kvserve.registry import ModelSpec
 from perkunas_ray.kvserve.service import EngineService
 from perkunas_ray.kvserve.wire import ChoiceDelta, OutputDelta
@@ -49,7 +49,7 @@ def test_merge_concatenates_tokens_text_and_logprobs_and_keeps_the_last_state():
 
 def test_first_delta_goes_out_at_once_then_deltas_are_batched_by_interval():
     gaps = [0.0] + [0.005] * 40  # a delta every 5 ms after the first
-    out = asyncio.run(_collect(coalesce(_timed_source(gaps), interval_s=0.05)))
+    out = asyncio.run(_collect(coalesce(_timed_source(gaps), interval_s=lambda: 0.05)))
     arrivals, deltas = [t for t, _ in out], [d for _, d in out]
     assert deltas[0].choices[0].token_ids == [0], "the first delta is alone: not merged with later ones"
     assert arrivals[0] < 0.03, f"first delta held back {arrivals[0] * 1e3:.1f} ms"
@@ -61,7 +61,7 @@ def test_first_delta_goes_out_at_once_then_deltas_are_batched_by_interval():
 
 def test_the_last_delta_ends_the_wait():
     """A finished delta is sent as soon as it exists, not at the end of the interval."""
-    out = asyncio.run(_collect(coalesce(_timed_source([0.0, 0.01]), interval_s=2.0)))
+    out = asyncio.run(_collect(coalesce(_timed_source([0.0, 0.01]), interval_s=lambda: 2.0)))
     assert [d.choices[0].token_ids for _, d in out] == [[0], [1]]
     assert out[-1][0] < 0.5, f"the last delta waited {out[-1][0]:.2f} s"
 
@@ -75,7 +75,7 @@ def test_an_error_comes_after_the_deltas_before_it():
     async def run() -> list[list[int]]:
         seen = []
         with pytest.raises(RuntimeError, match="engine step failed"):
-            async for d in coalesce(failing(), interval_s=0.0):
+            async for d in coalesce(failing(), interval_s=lambda: 0.0):
                 seen.append(d.choices[0].token_ids)
         return seen
 
@@ -87,13 +87,44 @@ def test_closing_early_closes_the_source():
     log: list[str] = []
 
     async def run() -> None:
-        gen = coalesce(_timed_source([0.0] + [0.01] * 100, log=log), interval_s=0.0)
+        gen = coalesce(_timed_source([0.0] + [0.01] * 100, log=log), interval_s=lambda: 0.0)
         async for _ in gen:
             break
         await gen.aclose()
 
     asyncio.run(run())
     assert log == ["source closed"]
+
+
+def test_the_pacer_widens_the_interval_with_the_number_of_streams():
+    pacer = StreamPacer(interval_s=0.05, messages_per_s=100)
+    assert pacer.interval() == 0.05
+    pacer.num_streams = 4
+    assert pacer.interval() == 0.05, "few streams keep the floor"
+    pacer.num_streams = 16
+    assert pacer.interval() == pytest.approx(0.16)
+    pacer.num_streams = 1000
+    assert pacer.interval() == StreamPacer.MAX_INTERVAL_S
+    assert StreamPacer(interval_s=0.05, messages_per_s=0).interval() == 0.05, "0: no cap"
+
+
+def test_paced_streams_together_stay_near_the_message_budget():
+    """20 streams of 60 deltas 5 ms apart (0.3 s each) at 100 messages/s: about 30 messages in all, not the
+    120 a fixed 50 ms interval sends; every stream still gets every token in order, its first one alone."""
+    pacer = StreamPacer(interval_s=0.05, messages_per_s=100)
+
+    async def run() -> list[list[OutputDelta]]:
+        async def one() -> list[OutputDelta]:
+            return [d async for d in pacer.pace(_timed_source([0.0] + [0.005] * 59))]
+
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    streams = asyncio.run(run())
+    for deltas in streams:
+        assert [t for d in deltas for t in d.choices[0].token_ids] == list(range(60))
+        assert deltas[0].choices[0].token_ids == [0] and deltas[-1].finished
+    assert sum(len(d) for d in streams) <= 20 * 4, f"{sum(len(d) for d in streams)} messages"
+    assert pacer.num_streams == 0
 
 
 @pytest.fixture
