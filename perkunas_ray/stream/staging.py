@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from perkunas_ray.stream.device_copy import Copy, DeviceCopier
 from perkunas_ray.stream.memory import MemoryTracker, dict_bytes
 
 Loader = Callable[[str], dict[str, Any]]  # shard name -> {param name: numpy array | tensor} (host copy)
@@ -24,15 +24,6 @@ class StageEntry:
     shard: str
     phase: str  # forward | backward | eval
     borrow: tuple[tuple[str, str], ...] = ()
-
-
-def to_tensor(value: Any, device: torch.device) -> torch.Tensor:
-    """Zero-copy for numpy on CPU (object-store arrays are read-only; the runtime never writes them)."""
-    if isinstance(value, np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
-            value = torch.from_numpy(value)
-    return value.to(device, non_blocking=True) if value.device != device else value
 
 
 class ShardStager:
@@ -49,7 +40,8 @@ class ShardStager:
         self.max_resident, self.max_bytes, self.window = max_resident, max_bytes, window
         self.grad_allowance = grad_allowance
         self.activation_allowance = activation_allowance or (lambda: 0)
-        self.staged: dict[int, dict[str, torch.Tensor]] = {}
+        self.copier = DeviceCopier(device)
+        self.staged: dict[int, Copy] = {}
         self.cursor = 0  # index of the entry the compute side is on
         self.hits = self.misses = 0
         self.wait_s = 0.0
@@ -72,12 +64,12 @@ class ShardStager:
             self._cache[shard] = self.loader(shard)
         return self._cache[shard]
 
-    def _load(self, index: int) -> dict[str, torch.Tensor]:
+    def _load(self, index: int) -> Copy:
         entry = self.entries[index]
-        tensors = {k: to_tensor(v, self.device) for k, v in self._host(entry.shard).items()}
+        values = dict(self._host(entry.shard))
         for shard, name in entry.borrow:
-            tensors[name] = to_tensor(self._host(shard)[name], self.device)
-        return tensors
+            values[name] = self._host(shard)[name]
+        return self.copier.copy(values)
 
     def _fits(self, index: int) -> bool:
         if len(self.staged) >= self.max_resident:
@@ -107,11 +99,11 @@ class ShardStager:
             total += v.nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size()
         return total
 
-    def _commit(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        nbytes = dict_bytes(tensors)
-        self.staged[index] = tensors
+    def _commit(self, index: int, copy: Copy) -> None:
+        nbytes = dict_bytes(copy.tensors)
+        self.staged[index] = copy
         self.tracker.add("shards", nbytes)
-        self.tracker.remember(tensors)
+        self.tracker.remember(copy.tensors)
         self._resident_bytes += nbytes
         self.max_resident_seen = max(self.max_resident_seen, len(self.staged))
         self.max_resident_bytes = max(self.max_resident_bytes, self._resident_bytes)
@@ -146,7 +138,7 @@ class ShardStager:
             self._cond.notify_all()
             if index in self.staged:
                 self.hits += 1
-                return self.staged[index]
+                return self.copier.ready(self.staged[index])
             self.misses += 1
             if self._thread is None:
                 tensors = self._load(index)
@@ -158,15 +150,15 @@ class ShardStager:
                         raise self._error
                     self._cond.wait(timeout=0.05)
             self.wait_s += time.perf_counter() - start
-            return self.staged[index]
+            return self.copier.ready(self.staged[index])
 
     def release(self, index: int) -> None:
         with self._cond:
-            tensors = self.staged.pop(index, None)
-            if tensors is not None:
-                nbytes = dict_bytes(tensors)
+            copy = self.staged.pop(index, None)
+            if copy is not None:
+                nbytes = dict_bytes(copy.tensors)
                 self.tracker.sub("shards", nbytes)
-                self.tracker.forget(tensors)
+                self.tracker.forget(copy.tensors)
                 self._resident_bytes -= nbytes
             still_needed = {e.shard for e in self.entries[index + 1:]}
             still_needed |= {s for e in self.entries[index + 1:] for s, _ in e.borrow}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from perkunas_ray.config import RunConfig, StreamConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.stream.actor_options import actor_options, worker_resources
 from perkunas_ray.stream.clipping import clip_coefficient, total_norm
+from perkunas_ray.stream.device_copy import DeviceCopier
 from perkunas_ray.stream.guard import GuardPolicy
 from perkunas_ray.stream.loss_scale import LossScaler
 from perkunas_ray.stream.memory import MemoryTracker
@@ -144,3 +146,12 @@ def test_ray_config_is_validated():
     # a run dir's config.json from before data parallelism still loads: the compute actor's CPUs are the workers'
     old = RunConfig.from_mapping({"ray": {"compute_num_cpus": 2.0, "max_restarts": 0}}).validate()
     assert old.ray.worker_cpus == 2.0 and old.ray.max_failures == 3
+
+
+def test_staging_on_cpu_is_zero_copy_of_the_host_arrays():
+    """No side stream on CPU: staged parameters are views of the (read-only) host arrays, not copies."""
+    copier = DeviceCopier(torch.device("cpu"))
+    array = np.arange(6, dtype=np.float32)
+    tensors = copier.ready(copier.copy({"a": array, "b": torch.ones(2)}))
+    assert copier.stream is None and tensors["a"].data_ptr() == array.ctypes.data
+    assert torch.equal(tensors["b"], torch.ones(2))
