@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds per stream count (median)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the engine (in-process and replica) "
                    "and of llama-server")
+    p.add_argument("--replica-threads", type=int, default=None,
+                   help="torch threads of the Serve replica (default: --threads; its num_cpus stays --threads)")
     p.add_argument("--stream-interval-ms", type=float, default=None,
                    help="the replica's stream coalescing interval (default: the registry's, see stream_interval_ms)")
     p.add_argument("--stream-messages-per-s", type=float, default=None,
@@ -80,11 +82,11 @@ def completion_bodies(prompts: list[list[int]], new_tokens: int) -> list[dict[st
 
 
 def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None,
-                   stream_messages_per_s: float | None = None) -> Registry:
+                   stream_messages_per_s: float | None = None, replica_threads: int | None = None) -> Registry:
     pacing = {key: value for key, value in (("stream_interval_ms", stream_interval_ms),
                                             ("stream_messages_per_s", stream_messages_per_s)) if value is not None}
     return parse_registry({"models": {MODEL: {
-        "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": threads,
+        "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": replica_threads or threads,
         "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **pacing}}, "router": {"policy": "kv"}})
 
 
@@ -300,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
-    registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s)
+    registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s,
+                              args.replica_threads)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
           f"out, greedy, median of {args.rounds} rounds", flush=True)
