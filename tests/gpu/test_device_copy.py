@@ -30,4 +30,3 @@ def test_side_stream_copies_arrive_intact_and_ordered_before_use():
         assert torch.equal(tensors["w"].cpu(), torch.from_numpy(host["w"]))
         assert torch.equal(tensors["b"].cpu(), host["b"])
     torch.cuda.synchronize(device)
-
