@@ -9,8 +9,8 @@ copies), the store's update math (overlapped with the backward), and orchestrati
 estimates. On Ray (not --in-process) the streamed run trains on one Ray Train worker, and the ratio
 compares it with the reference's steps on one Ray Train worker of the same cluster (every Ray
 process wakes 100 times a second; on a small machine those wake-ups preempt the compute threads of
-both alike); the reference outside Ray is printed beside it with its own ratio. --num-workers 1,2 measures data-parallel scaling instead
-(perkunas_ray/bench/train_scaling.py).
+both alike); the reference outside Ray is printed beside it with its own ratio. --num-workers 1,2
+measures data-parallel scaling instead (perkunas_ray/bench/train_scaling.py).
 """
 
 from __future__ import annotations
