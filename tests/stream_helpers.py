@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from actors.driver import train_on_ray
 from perkunas_ray.config import ModelConfig, RunConfig
 from perkunas_ray.data import bundled_corpus_path, prepare_corpus
 from perkunas_ray.stream.build import TrainRun, local_backend, open_run, train
@@ -60,6 +59,9 @@ def train_in_process(cfg: RunConfig, verbose: bool = False) -> TrainResult:
 
 def train_with_ray(cfg: RunConfig, verbose: bool = False) -> TrainResult:
     """Init (if needed) and train a run on Ray Train workers and the run's actors, in an already initialised Ray."""
+    # Imported here so the in-process helpers load where Ray is not installed (the GPU machine has none).
+    from actors.driver import train_on_ray
+
     return train_on_ray(open_or_init(cfg), verbose)
 
 

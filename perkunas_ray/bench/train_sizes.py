@@ -4,7 +4,7 @@ Each size gets a shape (8 layers up to 50M parameters, 12 above; d_model a multi
 params ~ size; d_ff = 3 x d_model) and fewer measured steps above 50M. MFU counts 6N + 12 L D T model
 FLOPs per token (N parameters, the head's matmul included through the tied embedding; L layers, D
 width, T sequence length); HFU adds the forward that both trainers replay in backward (2N + 4 L D T).
-Both are against the fp32 matmul rate measured here at the start (the best of short bursts) or given
+Both are against the fp32 matmul rate measured on the device at the start (the best of short bursts) or given
 with --peak-flops: the attainable peak of this machine for this work, so they compare sizes and
 trainers rather than chips; on a loaded machine the measured rate is low and the figures high.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from perkunas_ray.data import load_manifest
+from perkunas_ray.device import resolve_device
 from perkunas_ray.errors import ConfigError
 
 BIG = 50_000_000  # above this, fewer steps and deeper shapes
@@ -53,9 +54,10 @@ def shape_for(num_params: int, vocab_size: int = VOCAB) -> tuple[int, int, int]:
     return d_model, layers, 3 * d_model
 
 
-def matmul_flops_per_s(bursts: int = 8, burst_s: float = 0.25, n: int = 2048) -> float:
-    """The best fp32 GEMM rate of several short bursts here (the best, so load from elsewhere lowers it least)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops_per_s(device: torch.device, bursts: int = 8, burst_s: float = 0.25) -> float:
+    """The best fp32 GEMM rate of several short bursts on `device` (the best, so outside load lowers it least)."""
+    n = 8192 if device.type == "cuda" else 2048  # a GPU needs a big product to leave launch overhead behind
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up
     best = 0.0
     for _ in range(bursts):
@@ -63,6 +65,8 @@ def matmul_flops_per_s(bursts: int = 8, burst_s: float = 0.25, n: int = 2048) ->
         while time.perf_counter() - start < burst_s:
             a @ b
             count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are queued, not done, when the loop ends
         best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
     return best
 
@@ -77,7 +81,7 @@ def flops_per_token(result: dict[str, Any]) -> tuple[float, float]:
 def run_sizes(args: argparse.Namespace, compare: Callable[[argparse.Namespace], dict[str, Any]]) -> int:
     sizes = parse_sizes(args.sizes)
     vocab_size = load_manifest(args.data_dir).vocab_size if args.data_dir else VOCAB
-    peak = args.peak_flops * 1e9 if args.peak_flops else matmul_flops_per_s()
+    peak = args.peak_flops * 1e9 if args.peak_flops else matmul_flops_per_s(resolve_device(args.device))
     rows = []
     for size in sizes:
         d_model, n_layers, d_ff = shape_for(size, vocab_size)

@@ -86,7 +86,8 @@ def report(cfg: RunConfig, plan: MemoryPlan, budget: int, device: str) -> dict:
         "budget_bytes": budget, "predicted_peak_bytes": plan.peak_bytes, "floor_bytes": plan.floor_bytes,
         "peak_at": {"shard": peak.shard, "phase": peak.phase}, "peak_parts": {
             "parameters": peak.shards, "gradients": peak.grads, "boundaries": peak.boundaries,
-            "saved_activations": peak.activations, "lm_head_chunk": peak.head_chunk, "read_ahead": peak.read_ahead},
+            "saved_activations": peak.activations, "lm_head_chunk": peak.head_chunk, "cuda_workspace": peak.workspace,
+            "read_ahead": peak.read_ahead},
         "largest_micro_batch": largest_micro_batch(cfg, budget, device),
         "layouts": [{"layers_per_shard": lps, "predicted_peak_bytes": p, "largest_micro_batch": mb}
                     for lps, p, mb in layouts(cfg, budget, device)],

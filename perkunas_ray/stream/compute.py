@@ -23,7 +23,7 @@ from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes
 from perkunas_ray.run_setup import rss_bytes
 from perkunas_ray.stream.batch import autocast_context, micro_batch_weights, split_batch
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
-from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes
+from perkunas_ray.stream.memory import MemoryTracker, cuda_workspace_bytes, tensor_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
 
@@ -55,11 +55,14 @@ class StreamCompute:
         sizes = [shard_num_bytes(cfg.model, s) for s in self.specs]
         embed_bytes = cfg.model.vocab_size * cfg.model.d_model * 4
         self.grad_allowance = max(sizes) + (embed_bytes if self.tied else 0)
+        # On CUDA the budget is held against the allocator's figure, which includes the libraries' workspaces.
+        self.workspace_bytes = cuda_workspace_bytes(device) if device.type == "cuda" else 0
         budget = cfg.stream.max_resident_bytes
-        if budget and max(sizes) + self.grad_allowance > budget:
+        if budget and max(sizes) + self.grad_allowance + self.workspace_bytes > budget:
+            workspace = f" + {self.workspace_bytes:,} of CUDA library workspace" if self.workspace_bytes else ""
             raise ConfigError(f"stream.max_resident_bytes is {budget:,} but the largest shard needs "
-                              f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients); "
-                              f"raise the budget or lower model.layers_per_shard")
+                              f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients)"
+                              f"{workspace}; raise the budget or lower model.layers_per_shard")
         self.trace_factory = trace_factory or (lambda tracker, num_micro: LocalTraceStore(
             trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}
@@ -165,7 +168,9 @@ class StreamCompute:
         grad_in: list[torch.Tensor | None] = [None] * num_micro
         tied_grad: torch.Tensor | None = None
         tied_seed: Callable[[], torch.Tensor | None] | None = None
-        loss_total = 0.0
+        # Losses and norms stay on the device until the shard (or step) is done: each float() would stall a GPU's
+        # queue. The fp64 sum adds the same fp32 values in the same order as Python floats did.
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
         # Each shard's gradient bytes are reserved before the previous shard is released, so the stager
         # never fills the room they need (it gates on the live byte count).
         grad_bytes = stager.entry_bytes(nfwd)
@@ -190,7 +195,7 @@ class StreamCompute:
                 if spec.kind == "head":
                     loss = out * weights[m]  # mean over its trained tokens -> its share of the step's sum
                     (loss if plan.loss_scale == 1.0 else loss * plan.loss_scale).backward()
-                    loss_total += float(loss.detach())
+                    loss_total += loss.detach().double()
                 else:
                     out.backward(grad_in[m])
                 del out
@@ -211,7 +216,8 @@ class StreamCompute:
             if inv_scale is not None:
                 for g in grads.values():
                     g.mul_(inv_scale)
-            norms = [float(torch.linalg.vector_norm(g, 2.0)) for g in grads.values()]
+            norms = torch.stack([torch.linalg.vector_norm(g, 2.0, dtype=torch.float32)
+                                 for g in grads.values()]).tolist() if grads else []  # one device sync per shard
             stats.param_norms[spec.name] = norms
             stats.finite = stats.finite and all(np.isfinite(norms))
             grad_sink(spec.name, grads, norms)
@@ -221,7 +227,7 @@ class StreamCompute:
                 grad_bytes = stager.entry_bytes(nfwd + offset + 1)
                 self.tracker.add("grads", grad_bytes)
             stager.release(nfwd + offset)
-        stats.loss = loss_total
+        stats.loss = float(loss_total)
 
     # ---- forward-only losses (validation, guard re-measure) -----------------------------------------
     @torch.no_grad()

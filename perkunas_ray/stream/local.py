@@ -2,11 +2,13 @@
 
 Shard updates run on one updater thread, so the store's update of a shard overlaps the backward of
 the shards below it (immediate mode) or the next step's forward (deferred updates); whoever reads a
-shard next waits for that shard's update only.
+shard next waits for that shard's update only. Gradients reach the store through the same thread: on
+CUDA their copy to the host runs on a side stream (device_copy.GradDrain) and the thread waits for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from perkunas_ray.checkpoint.flush import CheckpointFlusher
 from perkunas_ray.checkpoint.format import CHECKPOINTS, checkpoint_dir_name, decode_rng, encode_rng
 from perkunas_ray.config import RunConfig
 from perkunas_ray.stream.compute import StreamCompute
+from perkunas_ray.stream.device_copy import GradDrain
 from perkunas_ray.stream.interface import PendingUpdates, StepStats, StoreStats, UpdatePlan
+from perkunas_ray.stream.memory import dict_bytes
 from perkunas_ray.stream.store import ShardStore
 
 
@@ -31,12 +35,32 @@ class LocalBackend:
         self.active_dir = Path(active_dir)
         self.flusher = flusher
         self.compute = StreamCompute(cfg, device)
+        self.drain = GradDrain(device)
         self._updater = ThreadPoolExecutor(1, thread_name_prefix="shard-update")
-        self._updates: dict[str, Future] = {}  # shard -> its update in flight (one per shard at a time)
+        # shard -> its last task in flight (landing its gradients, updating); one thread runs them in order
+        self._updates: dict[str, Future] = {}
+
+    def _submit(self, name: str, task: Callable[[], object]) -> None:
+        before = self._updates.get(name)
+
+        def after_before() -> None:
+            if before is not None:
+                before.result()  # done already (one thread, in order); re-raises its error here
+            task()
+
+        self._updates[name] = self._updater.submit(after_before)
 
     def _start_update(self, name: str, lr: float, clip_coef: float | None, grad_scale: float,
                       snapshot: bool) -> None:
-        self._updates[name] = self._updater.submit(self.store.update, name, lr, clip_coef, grad_scale, snapshot)
+        self._submit(name, lambda: self.store.update(name, lr, clip_coef, grad_scale, snapshot))
+
+    def _hand_over(self, name: str, grads: dict[str, torch.Tensor]) -> None:
+        """Start the gradients' copy to the host; the updater thread waits for it and stashes them in the store.
+        The copy overlaps the next shard's replay only when the budget has room for both shards' gradients."""
+        budget = self.cfg.stream.max_resident_bytes
+        overlap = not budget or self.compute.tracker.live_bytes() + dict_bytes(grads) <= budget
+        copy = self.drain.start(grads, overlap)
+        self._submit(name, lambda: self.store.put_grads(name, copy.wait()))
 
     def _wait(self, name: str) -> None:
         update = self._updates.pop(name, None)
@@ -53,11 +77,14 @@ class LocalBackend:
 
     def train_step(self, batch: np.ndarray, plan: UpdatePlan, snapshot: bool) -> tuple[StepStats, PendingUpdates]:
         def sink(name: str, grads: dict[str, torch.Tensor], norms: list[float]) -> None:
-            self.store.put_grads(name, {k: g.to("cpu") for k, g in grads.items()})
+            self._hand_over(name, grads)
             if plan.immediate:
                 self._start_update(name, plan.lr, None, 1.0, snapshot)
 
-        return self.compute.train_step(batch, self._loader, sink, plan), PendingUpdates()
+        try:
+            return self.compute.train_step(batch, self._loader, sink, plan), PendingUpdates()
+        finally:
+            self.drain.settle()  # the step's last gradients are on the host before anyone reads the figures
 
     def update_all(self, lr: float, clip_coef: float | None, grad_scale: float, snapshot: bool) -> PendingUpdates:
         for name in self.store.names:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -15,6 +17,30 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 def dict_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(tensor_bytes(t) for t in tensors.values())
+
+
+# cuBLAS keeps one workspace per (handle, stream) in the caching allocator, and PyTorch has one handle per
+# thread: the forward's thread and autograd's device thread each hold one, for the whole process. Their size
+# is PyTorch's choice (CublasHandlePool.cpp): CUBLAS_WORKSPACE_CONFIG's sum, else 32 MiB from Hopper (sm90)
+# on and 8 MiB + 128 KiB before. Computed rather than probed: a probe sees nothing once they exist.
+CUBLAS_THREADS = 2
+HOPPER_MAJOR = 9
+
+
+def cublas_workspace_bytes(major: int = HOPPER_MAJOR) -> int:
+    """What the CUDA libraries hold in the allocator for matmuls in forward and backward on a GPU of compute
+    capability `major`: it counts against the budget like any tensor (the allocator's peak includes it)."""
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")
+    pools = re.findall(r":(\d+):(\d+)", config)
+    if pools:
+        per_handle = sum(int(kib) * 1024 * int(count) for kib, count in pools)
+    else:
+        per_handle = 4096 * 8 * 1024 if major >= HOPPER_MAJOR else 4096 * 1024 * 2 + 16 * 1024 * 8
+    return CUBLAS_THREADS * per_handle
+
+
+def cuda_workspace_bytes(device: torch.device) -> int:
+    return cublas_workspace_bytes(torch.cuda.get_device_capability(device)[0])
 
 
 class MemoryTracker:

@@ -7,6 +7,8 @@ the input gradients passed down, and one micro-batch's saved activations of the 
 Saved activations per token come from the model's own operations (fp32, SDPA without soft-capping):
 a block saves 4 x d_ff + 9 x d_model + n_heads + 2 floats per token (the norms' inputs and outputs,
 q/k/v and their rotations, the attention output and log-sum-exp, the SwiGLU's four d_ff tensors).
+On CUDA the runtime holds the allocator's figure against the budget, so two more terms count there: the
+LM head's logits chunk and the cuBLAS workspaces (stream/memory.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import torch
+
 from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.model.shards import ShardSpec, shard_num_bytes, shard_parameter_shapes, stream_shard_specs
+from perkunas_ray.stream.memory import cublas_workspace_bytes, cuda_workspace_bytes
 
 FLOAT = 4  # shards, gradients and master weights are fp32; so are activations in an fp32 step
 TOKEN_ID = 8  # int64 token ids and targets
@@ -51,11 +56,12 @@ class Stage:
     boundaries: int
     activations: int  # one micro-batch's saved activations of this shard's replay
     head_chunk: int = 0  # the LM head's logits chunk in backward: allocator-visible on CUDA only
+    workspace: int = 0  # the CUDA libraries' workspaces (cuBLAS), held for the whole run
     read_ahead: int = 0  # the next shard, staged beside this one when the budget leaves room
 
     @property
     def floor(self) -> int:
-        return self.shards + self.grads + self.boundaries + self.activations + self.head_chunk
+        return self.shards + self.grads + self.boundaries + self.activations + self.head_chunk + self.workspace
 
     @property
     def total(self) -> int:
@@ -104,9 +110,19 @@ def _shard_activation_bytes(cfg: RunConfig, spec: ShardSpec, act: int) -> int:
 
 
 def head_chunk_bytes(cfg: RunConfig) -> int:
-    """The head's backward recomputes one chunk of logits: logits, log-softmax and their gradient."""
+    """The head's fused cross-entropy (model/loss.py) holds two fp32 logits-sized tensors of one chunk at its
+    peak: the logits and their log-softmax, which then becomes the logits' gradient in place."""
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    return 3 * min(tokens, cfg.model.lm_head_chunk_tokens) * cfg.model.vocab_size * FLOAT
+    return 2 * min(tokens, cfg.model.lm_head_chunk_tokens) * cfg.model.vocab_size * FLOAT
+
+
+def workspace_bytes(device_type: str) -> int:
+    """The cuBLAS workspaces: for this machine's GPU, else (planning for a GPU elsewhere) Hopper's."""
+    if device_type != "cuda":
+        return 0
+    if torch.cuda.is_available():
+        return cuda_workspace_bytes(torch.device("cuda", torch.cuda.current_device()))
+    return cublas_workspace_bytes()
 
 
 def host_bytes(cfg: RunConfig) -> dict[str, int]:
@@ -136,6 +152,7 @@ def predict(cfg: RunConfig, device_type: str = "cpu") -> MemoryPlan:
     boundary = t.gradient_accumulation_steps * t.micro_batch_size * t.seq_len * m.d_model * act  # one shard's
     acts = [_shard_activation_bytes(cfg, spec, act) for spec in specs]
     nfwd = len(specs) - 1
+    workspace = workspace_bytes(device_type)
     stages = [Stage(specs[i].name, "forward", sizes[i], 0, (i + 1) * boundary, 0) for i in range(nfwd)]
     for i in range(nfwd, -1, -1):  # backward: the head, then the other shards in reverse
         head = i == nfwd
@@ -147,6 +164,8 @@ def predict(cfg: RunConfig, device_type: str = "cpu") -> MemoryPlan:
         if i > 0:  # hand-off: this shard's gradients leave while the next one's room is reserved
             stages.append(Stage(specs[i].name, "hand-off", entry[i], max(entry[i], sizes[i - 1]) + tied + boundary,
                                 (i - 1) * boundary, 0))
+    for stage in stages:
+        stage.workspace = workspace
     ahead = 0 if s.prefetch_shards == "none" else min(s.max_resident_shards - 1, s.prefetch_window)
     allowance = max(acts)
     decided: dict[str, int] = {}
@@ -176,7 +195,8 @@ def check_budget(cfg: RunConfig, budget: int, device_type: str = "cpu") -> Memor
             f"budget {budget:,} bytes is too small: shard {worst.shard} ({worst.phase}) needs {worst.floor:,} "
             f"bytes with nothing read ahead (parameters {worst.shards:,}, gradients {worst.grads:,}, boundaries "
             f"{worst.boundaries:,}, saved activations {worst.activations:,}"
-            f"{f', LM-head chunk {worst.head_chunk:,}' if worst.head_chunk else ''}); lower --micro-batch-size, "
+            f"{f', LM-head chunk {worst.head_chunk:,}' if worst.head_chunk else ''}"
+            f"{f', CUDA library workspace {worst.workspace:,}' if worst.workspace else ''}); lower --micro-batch-size, "
             f"--seq-len{', model.lm_head_chunk_tokens' if worst.head_chunk else ''} or --layers-per-shard, "
             f"or raise --budget")
     return plan

@@ -17,10 +17,12 @@ pytestmark = [pytest.mark.gpu,
 def gpu_config(tmp_path, dtype: str, run: str):
     data = small_data_dir(tmp_path / "data")
     cfg = small_config(data, tmp_path / run, max_steps=4, dtype=dtype, device="cuda", gradient_accumulation_steps=2,
-                       model__d_model=512, model__n_layers=8, model__d_ff=1536, model__n_heads=8,
+                       model__d_model=1024, model__n_layers=8, model__d_ff=3072, model__n_heads=8,
                        model__n_kv_heads=4, model__tie_embeddings=False, stream__max_resident_shards=2,
                        stream__trace_storage="cpu")
-    state = count_parameters(cfg.model) * 4 * 4  # params + grads + AdamW moments, fp32
+    # params + grads + AdamW moments, fp32. The model is large enough that a quarter of its state leaves room
+    # beside the cuBLAS workspaces (64 MiB on Hopper), which the allocator's peak includes.
+    state = count_parameters(cfg.model) * 4 * 4
     cfg.stream.max_resident_bytes = state // 4
     return cfg.validate(), state
 
@@ -46,7 +48,7 @@ def test_cuda_streaming_steps_stay_within_budget(tmp_path, dtype):
 
 
 def test_cuda_streaming_on_ray_actors(tmp_path):
-    import ray
+    ray = pytest.importorskip("ray", reason="Ray is not installed here (the GPU machine has none)")
 
     from tests.stream_helpers import train_with_ray
 

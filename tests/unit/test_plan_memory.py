@@ -118,3 +118,23 @@ def test_largest_fitting_finds_the_edge():
         assert largest_fitting(lambda n, e=edge: n <= e) == edge
         assert largest_fitting(lambda n, e=edge: n <= e, start=min(edge, 5)) == edge
     assert largest_fitting(lambda n: False) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the workspace is measured there")
+def test_a_cuda_plan_counts_the_logits_chunk_and_the_cublas_workspaces():
+    cfg = plan_config("micro", 4, 1, 128, vocab_size=512)
+    cpu, cuda = predict(cfg).peak, predict(cfg, "cuda").peak
+    assert cpu.head_chunk == cpu.workspace == 0
+    assert cuda.workspace == 2 * 32 * 2**20  # a cuBLAS workspace per thread (forward, autograd's), Hopper's size
+    head = next(s for s in predict(cfg, "cuda").stages if s.shard.endswith("head") and s.phase == "backward")
+    assert head.head_chunk == 2 * min(4 * 128, cfg.model.lm_head_chunk_tokens) * 512 * 4
+
+
+def test_cublas_workspace_follows_pytorchs_rule(monkeypatch):
+    from perkunas_ray.stream.memory import cublas_workspace_bytes
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert cublas_workspace_bytes(9) == 2 * 32 * 2**20
+    assert cublas_workspace_bytes(8) == 2 * (8 * 2**20 + 128 * 2**10)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the deterministic-algorithms setting
+    assert cublas_workspace_bytes(9) == 2 * 16 * 1024 * 8

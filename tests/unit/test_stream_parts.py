@@ -16,7 +16,7 @@ from perkunas_ray.config import RunConfig, StreamConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.stream.actor_options import actor_options, worker_resources
 from perkunas_ray.stream.clipping import clip_coefficient, total_norm
-from perkunas_ray.stream.device_copy import DeviceCopier
+from perkunas_ray.stream.device_copy import DeviceCopier, GradDrain
 from perkunas_ray.stream.guard import GuardPolicy
 from perkunas_ray.stream.loss_scale import LossScaler
 from perkunas_ray.stream.memory import MemoryTracker
@@ -155,3 +155,12 @@ def test_staging_on_cpu_is_zero_copy_of_the_host_arrays():
     tensors = copier.ready(copier.copy({"a": array, "b": torch.ones(2)}))
     assert copier.stream is None and tensors["a"].data_ptr() == array.ctypes.data
     assert torch.equal(tensors["b"], torch.ones(2))
+
+
+def test_gradients_on_cpu_are_handed_over_as_they_are():
+    """No copy stream on CPU: the store gets the gradient tensors themselves, and nothing stays in flight."""
+    drain = GradDrain(torch.device("cpu"))
+    grad = torch.arange(4.0)
+    copy = drain.start({"w": grad})
+    assert drain.stream is None and drain.in_flight is None
+    assert copy.wait()["w"] is grad
