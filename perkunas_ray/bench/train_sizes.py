@@ -64,9 +64,9 @@ def matmul_flops_per_s(device: torch.device, bursts: int = 8, burst_s: float = 0
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < burst_s:
             a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # a launch only queues the product: time it done, not queued
             count += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # kernels are queued, not done, when the loop ends
         best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
     return best
 
