@@ -217,6 +217,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if args.in_process and resolve_device(args.device).type == "cuda":
         # One after the other: interleaved, the allocator's peak of the streamed steps would include the
         # reference's resident state. A GPU's speed does not drift with the host's load as 2 CPU cores' does.
+        torch.cuda.reset_peak_memory_stats()  # the reference's figure is the allocator's peak since the last reset
         ref = [reference.step() for _ in range(args.warmup + args.steps)]
         del reference
         gc.collect()
