@@ -1,10 +1,10 @@
 """`perkunas bench train`: the streaming runtime vs the reference trainer with per-block activation checkpointing.
 
 Same model, same batches, one process run (interleaved step by step on CPU; on CUDA the reference's steps
-first, so the streamed steps' allocator peak holds none of its state). The streaming runtime gets a byte budget of
-(training state) / --over-budget (on CUDA plus the cuBLAS workspaces, which the allocator's peak includes); the table and the JSON line report medians over the steps after
-warm-up: tokens/s of both and their ratio, peak memory of both and their ratio, and where the
-streamed step's time goes: forward, replay + backward (each with its hand-offs and object-store
+first, so the streamed steps' allocator peak holds none of its state). The streaming runtime gets a byte
+budget of (training state) / --over-budget (on CUDA plus the cuBLAS workspaces, which the allocator's peak
+includes); the table and the JSON line report medians over the steps after warm-up: tokens/s of both and
+their ratio, peak memory of both and their ratio, and where the streamed step's time goes: forward, replay + backward (each with its hand-offs and object-store
 copies), the store's update math (overlapped with the backward), and orchestration (the rest).
 --sizes runs the comparison at several model sizes and prints one row per size with MFU/HFU
 estimates. On Ray (not --in-process) the streamed run trains on one Ray Train worker, and the ratio
