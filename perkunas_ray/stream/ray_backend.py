@@ -28,6 +28,7 @@ from perkunas_ray.errors import PerkunasError
 from perkunas_ray.model.shards import stream_shard_specs
 from perkunas_ray.stream.actor_options import actor_name
 from perkunas_ray.stream.batch import count_trained_targets
+from perkunas_ray.stream.device_copy import GradDrain
 from perkunas_ray.stream.grad_reduce import ShardReducer, gather_chunks, gather_rows
 from perkunas_ray.stream.interface import ActorFailure, PendingUpdates, StepStats, StoreStats, UpdatePlan
 from perkunas_ray.stream.remote_compute import object_loader, worker_compute
@@ -54,6 +55,7 @@ class RayBackend:
         self.prefetch, self.flusher = actors["prefetch"], actors["checkpoint_flusher"]
         self.names = [s.name for s in stream_shard_specs(cfg.model)]
         self.compute = worker_compute(cfg, device)
+        self.drain = GradDrain(device)
         self.reducer = ShardReducer(self._hand_off, self.compute.tracker, overlap=not cfg.stream.max_resident_bytes)
         self.compute.tied_grad_seed = self.reducer.tied_grad_seed
         self._last_flushed = resume_step
@@ -153,7 +155,10 @@ class RayBackend:
             return
         assert self._step_plan is not None
         plan, snapshot = self._step_plan
-        arrays = {k: g.detach().to("cpu").numpy() for k, g in grads.items()}
+        # On CUDA one pinned-memory copy per shard and one wait, not a pageable copy and a sync per tensor. It
+        # waits at once: the update call needs the values (overlapping it would need the call off this thread).
+        host = self.drain.start(grads, overlap=False).wait()
+        arrays = {k: g.detach().numpy() for k, g in host.items()}
         if plan.immediate:
             self.refs[name], stats = self.store.update.options(num_returns=2).remote(
                 name, plan.lr, None, 1.0, snapshot, arrays)
