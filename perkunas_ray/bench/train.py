@@ -36,7 +36,7 @@ from perkunas_ray.local_ray import start_local_ray
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.run_setup import bundled_data_dir
 from perkunas_ray.stream.build import local_backend, open_run
-from perkunas_ray.stream.plan import workspace_bytes
+from perkunas_ray.stream.memory import workspace_bytes
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
 
 
@@ -207,14 +207,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     state = training_state_bytes(stream_cfg)
     # On CUDA the runtime holds the allocator's figure against the budget, and the cuBLAS workspaces (64 MiB on
     # Hopper, paid by the reference alike) are in it: they come on top, or a small model could not stream at all.
-    workspace = workspace_bytes(resolve_device(args.device).type)
+    device = resolve_device(args.device)
+    workspace = workspace_bytes(device)
     stream_cfg.stream.max_resident_bytes = int(state / args.over_budget) + workspace
     stream_cfg.stream.max_resident_shards = 2
     ref_cfg = bench_config(args, data_dir, work / "reference")
     started = time.perf_counter()
     reference = ReferenceRunner(ref_cfg)
     ref, stream, outside = [], [], []  # outside: the reference outside Ray, when the streamed run is on Ray
-    if args.in_process and resolve_device(args.device).type == "cuda":
+    if args.in_process and device.type == "cuda":
         # One after the other: interleaved, the allocator's peak of the streamed steps would include the
         # reference's resident state. A GPU's speed does not drift with the host's load as 2 CPU cores' does.
         torch.cuda.reset_peak_memory_stats()  # the reference's figure is the allocator's peak since the last reset

@@ -23,7 +23,7 @@ from perkunas_ray.model.shards import EMBED_WEIGHT, build_shard, shard_num_bytes
 from perkunas_ray.run_setup import rss_bytes
 from perkunas_ray.stream.batch import autocast_context, micro_batch_weights, split_batch
 from perkunas_ray.stream.interface import StepStats, UpdatePlan
-from perkunas_ray.stream.memory import MemoryTracker, cuda_workspace_bytes, tensor_bytes
+from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes, workspace_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
 
@@ -56,13 +56,13 @@ class StreamCompute:
         embed_bytes = cfg.model.vocab_size * cfg.model.d_model * 4
         self.grad_allowance = max(sizes) + (embed_bytes if self.tied else 0)
         # On CUDA the budget is held against the allocator's figure, which includes the libraries' workspaces.
-        self.workspace_bytes = cuda_workspace_bytes(device) if device.type == "cuda" else 0
+        workspace = workspace_bytes(device)
         budget = cfg.stream.max_resident_bytes
-        if budget and max(sizes) + self.grad_allowance + self.workspace_bytes > budget:
-            workspace = f" + {self.workspace_bytes:,} of CUDA library workspace" if self.workspace_bytes else ""
+        if budget and max(sizes) + self.grad_allowance + workspace > budget:
+            held = f" + {workspace:,} of CUDA library workspace" if workspace else ""
             raise ConfigError(f"stream.max_resident_bytes is {budget:,} but the largest shard needs "
                               f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients)"
-                              f"{workspace}; raise the budget or lower model.layers_per_shard")
+                              f"{held}; raise the budget or lower model.layers_per_shard")
         self.trace_factory = trace_factory or (lambda tracker, num_micro: LocalTraceStore(
             trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}

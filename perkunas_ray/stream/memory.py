@@ -39,8 +39,14 @@ def cublas_workspace_bytes(major: int = HOPPER_MAJOR) -> int:
     return CUBLAS_THREADS * per_handle
 
 
-def cuda_workspace_bytes(device: torch.device) -> int:
-    return cublas_workspace_bytes(torch.cuda.get_device_capability(device)[0])
+def workspace_bytes(device: torch.device) -> int:
+    """The cuBLAS workspaces a run on `device` holds: for that GPU here, else (planning for a GPU elsewhere)
+    Hopper's; 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    if torch.cuda.is_available():
+        return cublas_workspace_bytes(torch.cuda.get_device_capability(device)[0])
+    return cublas_workspace_bytes()
 
 
 class MemoryTracker:

@@ -22,7 +22,7 @@ from perkunas_ray.config import RunConfig
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.model.shards import ShardSpec, shard_num_bytes, shard_parameter_shapes, stream_shard_specs
-from perkunas_ray.stream.memory import cublas_workspace_bytes, cuda_workspace_bytes
+from perkunas_ray.stream.memory import workspace_bytes
 
 FLOAT = 4  # shards, gradients and master weights are fp32; so are activations in an fp32 step
 TOKEN_ID = 8  # int64 token ids and targets
@@ -116,15 +116,6 @@ def head_chunk_bytes(cfg: RunConfig) -> int:
     return 2 * min(tokens, cfg.model.lm_head_chunk_tokens) * cfg.model.vocab_size * FLOAT
 
 
-def workspace_bytes(device_type: str) -> int:
-    """The cuBLAS workspaces: for this machine's GPU, else (planning for a GPU elsewhere) Hopper's."""
-    if device_type != "cuda":
-        return 0
-    if torch.cuda.is_available():
-        return cuda_workspace_bytes(torch.device("cuda", torch.cuda.current_device()))
-    return cublas_workspace_bytes()
-
-
 def host_bytes(cfg: RunConfig) -> dict[str, int]:
     """The shard store's master weights, optimizer state and stashed gradients; the object store's versions."""
     m, t = cfg.model, cfg.train
@@ -152,7 +143,7 @@ def predict(cfg: RunConfig, device_type: str = "cpu") -> MemoryPlan:
     boundary = t.gradient_accumulation_steps * t.micro_batch_size * t.seq_len * m.d_model * act  # one shard's
     acts = [_shard_activation_bytes(cfg, spec, act) for spec in specs]
     nfwd = len(specs) - 1
-    workspace = workspace_bytes(device_type)
+    workspace = workspace_bytes(torch.device(device_type))
     stages = [Stage(specs[i].name, "forward", sizes[i], 0, (i + 1) * boundary, 0) for i in range(nfwd)]
     for i in range(nfwd, -1, -1):  # backward: the head, then the other shards in reverse
         head = i == nfwd

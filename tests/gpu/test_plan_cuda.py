@@ -33,9 +33,9 @@ def test_the_cublas_workspace_rule_matches_what_the_allocator_holds():
     import subprocess
     import sys
 
-    probe = ("import torch; from perkunas_ray.stream.memory import cuda_workspace_bytes; d = torch.device('cuda'); "
+    probe = ("import torch; from perkunas_ray.stream.memory import workspace_bytes; d = torch.device('cuda'); "
              "x = torch.ones(64, 64, device=d, requires_grad=True); (x @ x).sum().backward(); del x; "
-             "torch.cuda.synchronize(); print(torch.cuda.memory_allocated(d), cuda_workspace_bytes(d))")
+             "torch.cuda.synchronize(); print(torch.cuda.memory_allocated(d), workspace_bytes(d))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     held, computed = int(out[-2]), int(out[-1])
     print(f"allocator holds {held:,} bytes after one matmul forward + backward; computed {computed:,}")
