@@ -1,11 +1,22 @@
-"""Linear layers of an engine step on CPU, split across the torch threads.
+"""Linear layers of an engine step on CPU: oneDNN's packed weights for several rows, row blocks for one.
 
-At serving batch sizes (a few rows) MKL runs `x @ W.T` on one thread: with 2 threads, the speed preset's
-14 layer weights took 0.51 ms at one row and 2.10 ms at 16, its (8192, 384) head 0.23 and 1.99 ms. Viewing W
-as P row blocks (P = the thread count) and multiplying them in one `bmm` runs the blocks in parallel: 0.34 /
-1.87 ms and 0.17 / 0.74 ms (one process, 2 cores, median of 5). The view shares W's memory. With one thread
-the split gains nothing: the plain product is used. Results differ from F.linear by float rounding only
-(another summation order inside the blocks, ~2e-6 here).
+MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two rows took longer than
+sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
+so out of cache as in a real step; one process, 2 cores, median of 50; `F.linear` / row blocks / oneDNN):
+
+- rows 1:   2.63 / 0.63 / 0.87 ms     (1 thread: 2.61 / - / 1.92)
+- rows 2:   5.60 / 0.89 / 0.96 ms     (1 thread: 5.36 / - / 1.95)
+- rows 16:  4.30 / 3.24 / 1.67 ms     (1 thread: 6.03 / - / 3.22)
+- rows 512: 40.2 / 39.3 / 33.4 ms     (1 thread: 79.0 / - / 64.5)
+
+Row blocks: W viewed as P row blocks (P = the thread count) multiplied in one `bmm` runs the blocks in parallel;
+the view shares W's memory. oneDNN (the primitive inductor's CPU freezing uses for linears): W reordered once into
+its blocked layout, then a GEMM kernel made for it. So several rows take the packed weight, and a single row (a lone
+decode) the row blocks; on one thread, where oneDNN's single-row kernel measured 10-60% slower than MKL's in a step
+(the weights then come from memory), the plain product. The packed copy costs one more copy of the
+linear weights in host memory (26 MB for the speed preset). Results differ from F.linear by float rounding only
+(another summation order). PyTorch builds without oneDNN, other devices and dtypes other than fp32 keep the row
+blocks (on one thread or a GPU: the plain product).
 """
 
 from __future__ import annotations
@@ -31,3 +42,33 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     blocks = weight.view(parts, weight.shape[0] // parts, weight.shape[1])
     y = torch.bmm(blocks, rows.t().unsqueeze(0).expand(parts, -1, -1))  # (P, out/P, M)
     return y.permute(2, 0, 1).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
+    """`weight` (out, in) reordered into oneDNN's layout for its linear kernel; None where that path is not taken."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+class StepLinear:
+    """One weight (out, in) of the engine's forward: `step_linear(x)` is F.linear(x, weight), the fastest way here.
+
+    `wide`: the (V, D) head. A single row on one thread multiplies a (D, V) copy of it, made on first use: a plain
+    row-major GEMV, in a step 0.65 ms against 1.06 for oneDNN and ~1 for F.linear (speed preset, cold cache).
+    """
+
+    def __init__(self, weight: torch.Tensor, *, wide: bool = False) -> None:
+        self.weight = weight
+        self.packed = onednn_packed(weight)
+        self.wide = wide
+        self._transposed: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.numel() > x.shape[-1]:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        if not self.wide or self.weight.device.type != "cpu" or split_parts(self.weight) > 1:
+            return cpu_linear(x, self.weight)
+        if self._transposed is None:
+            self._transposed = self.weight.t().contiguous()
+        return x @ self._transposed

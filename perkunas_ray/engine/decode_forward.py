@@ -3,17 +3,20 @@
 At serving batch sizes on CPU a step is mostly per-op dispatch: the speed preset ran ~230 top-level aten ops
 a decode step. Here each RMSNorm is one fused op instead of eight, RoPE reads a cached cos/sin table (one
 lookup per step instead of recomputing the frequencies) and rotates with one roll instead of chunk/neg/cat,
-and the linears skip nn.Module dispatch (on CPU they split across the threads: engine/cpu_linear.py). Same
+and the linears skip nn.Module dispatch (on CPU: oneDNN's packed weights, or row blocks split across the threads
+for a single row; engine/cpu_linear.py). Same
 operations in the same order as model/layers.py otherwise; the engine's greedy-equals-transformers and
 equals-reference tests hold it to that.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from perkunas_ray.engine.cpu_linear import cpu_linear
+from perkunas_ray.engine.cpu_linear import StepLinear
 from perkunas_ray.model.attention import AttentionBackend
 from perkunas_ray.model.decoder import DecoderLM
 from perkunas_ray.model.layers import RMSNorm, rope_cos_sin
@@ -26,6 +29,25 @@ def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
     return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.eps).to(x.dtype)
 
 
+@dataclasses.dataclass
+class BlockLinears:
+    """A decoder block's seven linear weights, ready for the engine's step."""
+
+    q: StepLinear
+    k: StepLinear
+    v: StepLinear
+    o: StepLinear
+    gate: StepLinear
+    up: StepLinear
+    down: StepLinear
+
+    @classmethod
+    def of(cls, block: torch.nn.Module) -> BlockLinears:
+        a, mlp = block.self_attn, block.mlp
+        return cls(*(StepLinear(m.weight) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj,
+                                                     mlp.up_proj, mlp.down_proj)))
+
+
 class DecodeForward:
     """hidden_states(input_ids, positions, attn) of a DecoderLM, for the engine's flat (1, N) batches."""
 
@@ -33,6 +55,8 @@ class DecodeForward:
         self.model = model
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
+        self.linears = [BlockLinears.of(block) for block in self.blocks]
+        self.head = StepLinear(model.head_weight, wide=True)
         self.dtype = model.head_weight.dtype
         self.device = model.head_weight.device
         self.cos = self.sin = torch.empty(0, self.cfg.head_dim)
@@ -60,20 +84,20 @@ class DecodeForward:
         cos = self.cos.index_select(0, positions[0])  # (N, hd), broadcast over (1, heads, N, hd)
         sin = self.sin.index_select(0, positions[0])
         x = F.embedding(input_ids, self.model.model.embed_tokens.weight)  # (1, N, D)
-        for block in self.blocks:
+        for block, lin in zip(self.blocks, self.linears, strict=True):
             a = block.self_attn
             h = rms_norm(x, block.input_layernorm)
-            q = cpu_linear(h, a.q_proj.weight).view(1, n, heads, hd)
-            k = cpu_linear(h, a.k_proj.weight).view(1, n, kv_heads, hd)
-            v = cpu_linear(h, a.v_proj.weight).view(1, n, kv_heads, hd)
+            q = lin.q(h).view(1, n, heads, hd)
+            k = lin.k(h).view(1, n, kv_heads, hd)
+            v = lin.v(h).view(1, n, kv_heads, hd)
             if a.qk_norm:
                 q, k = rms_norm(q, a.q_norm), rms_norm(k, a.k_norm)
-            q = self._rope(q.transpose(1, 2), cos, sin)
+            # The row-block product's output is feature-major; SDPA's fused CPU kernel needs a unit last stride (else
+            # it takes the math path, ~3x slower at 16 decodes). Keys and values reach it from the KV store, so.
+            q = self._rope(q.transpose(1, 2), cos, sin).contiguous()
             k = self._rope(k.transpose(1, 2), cos, sin)
             y = attn.attend(a.layer_id, q, k, v.transpose(1, 2), a.softcap, 0.0)  # (1, heads, N, hd)
-            x = x + cpu_linear(y.transpose(1, 2).reshape(1, n, heads * hd), a.o_proj.weight)
-            mlp = block.mlp
+            x = x + lin.o(y.transpose(1, 2).reshape(1, n, heads * hd))
             h = rms_norm(x, block.post_attention_layernorm)
-            x = x + cpu_linear(F.silu(cpu_linear(h, mlp.gate_proj.weight)) * cpu_linear(h, mlp.up_proj.weight),
-                               mlp.down_proj.weight)
+            x = x + lin.down(F.silu(lin.gate(h)) * lin.up(h))
         return rms_norm(x, self.model.model.norm)[0]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from perkunas_ray.config import ModelConfig
-from perkunas_ray.engine.cpu_linear import cpu_linear, split_parts
+from perkunas_ray.engine.cpu_linear import StepLinear, cpu_linear, split_parts
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.engine.request import Request
@@ -92,3 +92,30 @@ def test_split_linear_equals_f_linear_to_rounding(rows: int) -> None:
         assert torch.equal(cpu_linear(x, weight), F.linear(x, weight))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_linear_takes_onednn_for_rows_and_row_blocks_for_one(threads: int) -> None:
+    """A step linear equals F.linear to rounding at any row count (prefill chunks, strided inputs included);
+    several rows take oneDNN's packed weight, a single row the row blocks or the plain product (proven by which
+    kernel the profiler sees); a wide head's single row on one thread, its transposed copy."""
+    weight = torch.randn(96, 40, generator=torch.Generator().manual_seed(threads))
+    linear, head = StepLinear(weight), StepLinear(weight, wide=True)
+    assert linear.packed is not None and StepLinear(weight.bfloat16()).packed is None  # fp32 only
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for rows in (1, 2, 16, 200):
+            x = torch.randn(1, rows, 40, generator=torch.Generator().manual_seed(rows))
+            for given in (x, x[0].t().contiguous().t()[None]):  # row-major, and feature-major as row blocks give
+                with torch.profiler.profile() as prof:
+                    y = linear(given)
+                torch.testing.assert_close(y, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(head(given), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+                assert y.shape == (1, rows, 96)
+                names = {event.name for event in prof.events()}
+                assert ("mkldnn::_linear_pointwise" in names) == (rows > 1), (rows, threads, names)
+    finally:
+        torch.set_num_threads(before)
+    assert (head._transposed is not None) == (threads == 1)
