@@ -12,6 +12,14 @@ from perkunas_ray.config import ModelConfig
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the engine's C++ decode kernel before any test's clock runs: about 30 s on a machine's first run
+    (then cached), which would otherwise land inside whichever test (or Serve replica) builds an engine first."""
+    from perkunas_ray.engine.paged_kernel import paged_decode_kernel
+
+    paged_decode_kernel()
+
+
 def tiny_config(**overrides: object) -> ModelConfig:
     base = dict(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=64,
                 layers_per_shard=1, lm_head_chunk_tokens=16)

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from perkunas_ray.engine.kv_store import KVStore
+from perkunas_ray.engine.paged_kernel import DecodeKernel
 from perkunas_ray.model.attention import masked_attention
 
 # Key position given to padding blocks: later than any query, so the causal mask hides them.
@@ -48,6 +49,9 @@ class AttentionGroup:
     # None when every one of the first num_keys gathered keys is visible (a lone decode, no soft-cap).
     mask: torch.Tensor | None
     num_keys: int  # gathered key slots attended: K * block_size, or fewer when mask is None
+    # (B,) keys each query sees (its position + 1) when the group is decodes over unpruned blocks: what the C++
+    # decode kernel needs to read the keys in place. None otherwise.
+    decode_lengths: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -55,12 +59,15 @@ class PagedAttention:
     """The attention backend of one engine step, whose N tokens run as one flat row (batch of 1).
 
     Each layer's new keys/values go to the KV store at `slots` (N,) (block_id * block_size + offset);
-    then each group's queries attend over the blocks of its block table, the new tokens included.
+    then each group's queries attend over the blocks of its block table, the new tokens included. With
+    `decode_kernel` (fp32 KV on CPU, no soft-cap), decode groups read their keys and values in place; every other
+    group gathers its blocks and runs SDPA.
     """
 
     kv_store: KVStore
     slots: torch.Tensor
     groups: list[AttentionGroup]
+    decode_kernel: DecodeKernel | None = None
 
     def attend(self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float,
                dropout: float) -> torch.Tensor:
@@ -71,6 +78,12 @@ class PagedAttention:
         for g in self.groups:
             b = g.block_table.shape[0]
             rows = q[0, :, g.start:g.start + b * g.num_queries]  # (H, B*Tq, hd)
+            if self.decode_kernel is not None and g.decode_lengths is not None and softcap <= 0:
+                y = self.decode_kernel(rows.transpose(0, 1).contiguous(), self.kv_store.keys[layer_id],
+                                       self.kv_store.values[layer_id], g.block_table.contiguous(), g.decode_lengths,
+                                       head_dim ** -0.5)  # (B, H, hd)
+                outs.append(y.transpose(0, 1))
+                continue
             qg = rows.reshape(heads, b, g.num_queries, head_dim).transpose(0, 1)  # (B, H, Tq, hd)
             kg, vg = self.kv_store.gather(layer_id, g.block_table)
             if g.num_keys < kg.shape[2]:

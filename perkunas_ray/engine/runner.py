@@ -11,6 +11,7 @@ from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.paged_attention import PagedAttention
+from perkunas_ray.engine.paged_kernel import paged_decode_kernel
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.scheduler import ScheduledRequest, SchedulerOutput
 from perkunas_ray.engine.step_inputs import StepInputBuilder
@@ -53,6 +54,8 @@ class ModelRunner:
         self.device = model.head_weight.device
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap)
         self.forward = DecodeForward(model)
+        kernel_fits = self.device.type == "cpu" and not kv_store.quantized and kv_store.dtype == torch.float32
+        self.decode_kernel = paged_decode_kernel() if kernel_fits else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (R, D) -> logits (R, V) in fp32."""
@@ -66,7 +69,7 @@ class ModelRunner:
         items = [it for it in output.scheduled if it.num_new_tokens == 1]
         items += [it for it in output.scheduled if it.num_new_tokens > 1]
         step = self.inputs.build(items)
-        attn = PagedAttention(self.kv_store, step.slots, step.groups)
+        attn = PagedAttention(self.kv_store, step.slots, step.groups, self.decode_kernel)
         h = self.forward(step.input_ids, step.positions, step.max_position, attn)  # (N, D)
         first_row = {id(item): row for item, row in zip(items, step.first_rows, strict=True)}
         last_row = {id(item): row for item, row in zip(items, step.last_rows, strict=True)}

@@ -120,9 +120,12 @@ class StepInputBuilder:
             starts[i, len(kept):width] = PAD_POSITION
         end = items[0].num_computed_tokens + num_queries
         block_table = self._tensor(table[:b, :width])
+        # Decodes over unpruned blocks: each sees the keys at positions 0..its own, in block-table order.
+        decode_lengths = self._tensor(positions[start:start + b] + 1) if num_queries == 1 and not pruned else None
         if b == 1 and num_queries == 1 and not pruned and self.softcap <= 0:
             # One decode: its keys are exactly the first `end` slots, all visible; no mask to build or apply.
-            return AttentionGroup(start, num_queries, block_table, None, end)
+            return AttentionGroup(start, num_queries, block_table, None, end, decode_lengths)
         query_positions = self._tensor(positions[start:start + b * num_queries].reshape(b, num_queries))
         key_positions = block_key_positions(self._tensor(starts[:b, :width]), bs)
-        return AttentionGroup(start, num_queries, block_table, causal_mask(key_positions, query_positions), width * bs)
+        return AttentionGroup(start, num_queries, block_table, causal_mask(key_positions, query_positions), width * bs,
+                              decode_lengths)
