@@ -3,10 +3,9 @@
 At serving batch sizes on CPU a step is mostly per-op dispatch: the speed preset ran ~230 top-level aten ops
 a decode step. Here each RMSNorm is one fused op instead of eight, RoPE reads a cached cos/sin table (one
 lookup per step instead of recomputing the frequencies) and rotates with one roll instead of chunk/neg/cat,
-and the linears skip nn.Module dispatch (on CPU: oneDNN's packed weights, or row blocks split across the threads
-for a single row; engine/cpu_linear.py). Same
-operations in the same order as model/layers.py otherwise; the engine's greedy-equals-transformers and
-equals-reference tests hold it to that.
+and the linears skip nn.Module dispatch (on CPU: oneDNN's packed weights, or a single row in row blocks across
+the threads; engine/cpu_linear.py). Same operations in the same order as model/layers.py otherwise; the engine's
+greedy-equals-transformers and equals-reference tests hold it to that.
 """
 
 from __future__ import annotations
@@ -92,8 +91,9 @@ class DecodeForward:
             v = lin.v(h).view(1, n, kv_heads, hd)
             if a.qk_norm:
                 q, k = rms_norm(q, a.q_norm), rms_norm(k, a.k_norm)
-            # The row-block product's output is feature-major; SDPA's fused CPU kernel needs a unit last stride (else
-            # it takes the math path, ~3x slower at 16 decodes). Keys and values reach it from the KV store, so.
+            # The row-block product's output is feature-major; SDPA's fused CPU kernel (prefill chunks; decodes where
+            # the C++ decode kernel is not built) needs a unit last stride, else it takes the math path (~3x slower
+            # at 16 decodes). Keys and values reach it from the KV store, so.
             q = self._rope(q.transpose(1, 2), cos, sin).contiguous()
             k = self._rope(k.transpose(1, 2), cos, sin)
             y = attn.attend(a.layer_id, q, k, v.transpose(1, 2), a.softcap, 0.0)  # (1, heads, N, hd)
