@@ -13,11 +13,11 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Build the engine's C++ decode kernel before any test's clock runs: about 30 s on a machine's first run
-    (then cached), which would otherwise land inside whichever test (or Serve replica) builds an engine first."""
-    from perkunas_ray.engine.paged_kernel import paged_decode_kernel
+    """Build the engine's C++ CPU kernels before any test's clock runs: about 30 s on a machine's first run (then
+    cached), which would otherwise land inside whichever test (or Serve replica) builds an engine first."""
+    from perkunas_ray.engine.cpu_kernels import cpu_kernels
 
-    paged_decode_kernel()
+    cpu_kernels()
 
 
 def tiny_config(**overrides: object) -> ModelConfig:

@@ -15,6 +15,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from perkunas_ray.engine.cpu_kernels import RMSNormKernel
 from perkunas_ray.engine.cpu_linear import StepLinear
 from perkunas_ray.model.attention import AttentionBackend
 from perkunas_ray.model.decoder import DecoderLM
@@ -50,8 +51,9 @@ class BlockLinears:
 class DecodeForward:
     """hidden_states(input_ids, positions, attn) of a DecoderLM, for the engine's flat (1, N) batches."""
 
-    def __init__(self, model: DecoderLM) -> None:
+    def __init__(self, model: DecoderLM, rms_norm_kernel: RMSNormKernel | None = None) -> None:
         self.model = model
+        self.rms_norm_kernel = rms_norm_kernel  # the C++ one-pass RMSNorm (engine/cpu_kernels.py), fp32 CPU
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
         self.linears = [BlockLinears.of(block) for block in self.blocks]
@@ -69,6 +71,11 @@ class DecodeForward:
         half = self.cfg.head_dim // 2
         self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
+    def _norm(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        if self.rms_norm_kernel is not None and x.is_contiguous() and x.dtype == torch.float32:
+            return self.rms_norm_kernel(x, norm.weight, norm.eps)
+        return rms_norm(x, norm)
+
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + torch.roll(x, self.cfg.head_dim // 2, dims=-1) * sin
 
@@ -85,12 +92,12 @@ class DecodeForward:
         x = F.embedding(input_ids, self.model.model.embed_tokens.weight)  # (1, N, D)
         for block, lin in zip(self.blocks, self.linears, strict=True):
             a = block.self_attn
-            h = rms_norm(x, block.input_layernorm)
+            h = self._norm(x, block.input_layernorm)
             q = lin.q(h).view(1, n, heads, hd)
             k = lin.k(h).view(1, n, kv_heads, hd)
             v = lin.v(h).view(1, n, kv_heads, hd)
             if a.qk_norm:
-                q, k = rms_norm(q, a.q_norm), rms_norm(k, a.k_norm)
+                q, k = self._norm(q, a.q_norm), self._norm(k, a.k_norm)
             # The row-block product's output is feature-major; SDPA's fused CPU kernel (prefill chunks; decodes where
             # the C++ decode kernel is not built) needs a unit last stride, else it takes the math path (~3x slower
             # at 16 decodes). Keys and values reach it from the KV store, so.
@@ -98,6 +105,6 @@ class DecodeForward:
             k = self._rope(k.transpose(1, 2), cos, sin)
             y = attn.attend(a.layer_id, q, k, v.transpose(1, 2), a.softcap, 0.0)  # (1, heads, N, hd)
             x = x + lin.o(y.transpose(1, 2).reshape(1, n, heads * hd))
-            h = rms_norm(x, block.post_attention_layernorm)
+            h = self._norm(x, block.post_attention_layernorm)
             x = x + lin.down(F.silu(lin.gate(h)) * lin.up(h))
-        return rms_norm(x, self.model.model.norm)[0]
+        return self._norm(x, self.model.model.norm)[0]

@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
+from perkunas_ray.engine.cpu_kernels import DecodeAttention
 from perkunas_ray.engine.kv_store import KVStore
-from perkunas_ray.engine.paged_kernel import DecodeKernel
 from perkunas_ray.model.attention import masked_attention
 
 # Key position given to padding blocks: later than any query, so the causal mask hides them.
@@ -67,7 +67,7 @@ class PagedAttention:
     kv_store: KVStore
     slots: torch.Tensor
     groups: list[AttentionGroup]
-    decode_kernel: DecodeKernel | None = None
+    decode_kernel: DecodeAttention | None = None
 
     def attend(self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float,
                dropout: float) -> torch.Tensor:

@@ -7,11 +7,11 @@ from typing import NamedTuple
 
 import torch
 
+from perkunas_ray.engine.cpu_kernels import cpu_kernels
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.paged_attention import PagedAttention
-from perkunas_ray.engine.paged_kernel import paged_decode_kernel
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.scheduler import ScheduledRequest, SchedulerOutput
 from perkunas_ray.engine.step_inputs import StepInputBuilder
@@ -53,9 +53,9 @@ class ModelRunner:
         self.block_size = block_size
         self.device = model.head_weight.device
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap)
-        self.forward = DecodeForward(model)
-        kernel_fits = self.device.type == "cpu" and not kv_store.quantized and kv_store.dtype == torch.float32
-        self.decode_kernel = paged_decode_kernel() if kernel_fits else None
+        kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
+        self.forward = DecodeForward(model, kernels.rms_norm if kernels is not None else None)
+        self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (R, D) -> logits (R, V) in fp32."""

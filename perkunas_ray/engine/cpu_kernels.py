@@ -1,0 +1,49 @@
+"""The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store and RMSNorm, built on first use.
+
+PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
+keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later
+processes load it in well under a second. Without a compiler, or if the build fails, the engine says so once and
+keeps the eager paths (gather the blocks, then SDPA; PyTorch's rms_norm): same results, slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("paged_decode_attention.cpp", "rms_norm.cpp")]
+
+
+# (q (B, H, hd), keys, values (num_blocks, block_size, H_kv, hd), block_table (B, K), lengths (B,), scale)
+#   -> (B, H, hd), all fp32 but the int64 table and lengths
+DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (..., D), weight (D,), eps), fp32
+
+
+class CpuKernels(NamedTuple):
+    paged_decode_attention: DecodeAttention
+    rms_norm: RMSNormKernel
+
+
+@functools.cache
+def cpu_kernels() -> CpuKernels | None:
+    """The compiled kernels, or None (logged once) where they cannot be built here."""
+    from torch.utils.cpp_extension import load_inline
+
+    logger.info("loading the engine's CPU kernels (compiled on a machine's first use, about 30 s)")
+    try:
+        module = load_inline(name="perkunas_cpu_kernels", cpp_sources=[path.read_text() for path in SOURCES],
+                             functions=list(CpuKernels._fields), extra_cflags=["-O3", "-fopenmp"],
+                             extra_ldflags=["-fopenmp"])
+    except Exception as exc:  # noqa: BLE001 - no compiler, no headers, a failed build: the eager paths still work
+        logger.warning("engine CPU kernels unavailable (%s: %s); decode attention gathers blocks instead",
+                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    return CpuKernels(*(getattr(module, name) for name in CpuKernels._fields))
