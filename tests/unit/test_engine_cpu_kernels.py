@@ -58,13 +58,21 @@ def test_kernel_equals_gather_and_sdpa(heads: int, kv_heads: int, threads: int) 
 
 
 @needs_kernels
-def test_kernel_refuses_lengths_past_the_block_table() -> None:
+def test_kernel_refuses_lengths_and_blocks_out_of_range() -> None:
     store = KVStore(1, 8, 4, 2, 16, torch.float32)
-    table = torch.tensor([[3, 1]])
+    q = torch.randn(1, 2, 16)
+
+    def attend(table: list[list[int]], length: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        return kernels.paged_decode_attention(q, store.keys[0], store.values[0], torch.tensor(table, dtype=dtype),
+                                              torch.tensor([length]), 0.25)
+
     with pytest.raises(RuntimeError, match=r"lengths\[0\] = 9 outside \[1, 8\]"):
-        kernels.paged_decode_attention(torch.randn(1, 2, 16), store.keys[0], store.values[0], table, torch.tensor([9]), 0.25)
+        attend([[3, 1]], 9)
+    with pytest.raises(RuntimeError, match=r"block_table\[0, 1\] = 8 outside \[0, 8\)"):
+        attend([[3, 8]], 5)
     with pytest.raises(RuntimeError, match="block_table must be a contiguous"):
-        kernels.paged_decode_attention(torch.randn(1, 2, 16), store.keys[0], store.values[0], table.int(), torch.tensor([8]), 0.25)
+        attend([[3, 1]], 8, torch.int32)
+    assert attend([[3, 8]], 4).shape == (1, 2, 16)  # a padding block past the length is never read
 
 
 @needs_kernels

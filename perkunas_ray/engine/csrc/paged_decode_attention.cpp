@@ -42,9 +42,14 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   const float* vs = v_pool.data_ptr<float>();
   const int64_t* table = block_table.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
+  const int64_t num_blocks = k_pool.size(0);
+  for (int64_t b = 0; b < batch; ++b) {  // every block read below is checked here, once
     TORCH_CHECK(lens[b] >= 1 && lens[b] <= width * block_size, "lengths[", b, "] = ", lens[b],
                 " outside [1, ", width * block_size, "]");
+    for (int64_t j = 0; j < (lens[b] + block_size - 1) / block_size; ++j) {
+      TORCH_CHECK(table[b * width + j] >= 0 && table[b * width + j] < num_blocks, "block_table[", b, ", ", j,
+                  "] = ", table[b * width + j], " outside [0, ", num_blocks, ")");
+    }
   }
   auto out = torch::empty_like(q);
   float* os = out.data_ptr<float>();
