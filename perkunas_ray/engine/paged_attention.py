@@ -46,11 +46,12 @@ class AttentionGroup:
     num_queries: int  # Tq per sequence
     block_table: torch.Tensor  # (B, K) block ids (padding: block 0)
     # (B, 1, Tq, num_keys), True where a query may attend (built once per step, shared by the layers);
-    # None when every one of the first num_keys gathered keys is visible (a lone decode, no soft-cap).
+    # None when every one of the first num_keys gathered keys is visible (a lone decode, no soft-cap), or when the
+    # decode kernel bounds the keys by decode_lengths instead.
     mask: torch.Tensor | None
     num_keys: int  # gathered key slots attended: K * block_size, or fewer when mask is None
-    # (B,) keys each query sees (its position + 1) when the group is decodes over unpruned blocks: what the C++
-    # decode kernel needs to read the keys in place. None otherwise.
+    # (B,) keys each query sees (its position + 1), for decodes the C++ kernel reads in place (StepInputBuilder sets
+    # it only when the kernel is loaded). None: the group gathers its blocks and runs SDPA.
     decode_lengths: torch.Tensor | None = None
 
 
@@ -59,9 +60,9 @@ class PagedAttention:
     """The attention backend of one engine step, whose N tokens run as one flat row (batch of 1).
 
     Each layer's new keys/values go to the KV store at `slots` (N,) (block_id * block_size + offset);
-    then each group's queries attend over the blocks of its block table, the new tokens included. With
-    `decode_kernel` (fp32 KV on CPU, no soft-cap), decode groups read their keys and values in place; every other
-    group gathers its blocks and runs SDPA.
+    then each group's queries attend over the blocks of its block table, the new tokens included. Groups with
+    `decode_lengths` go to `decode_kernel`, which reads their keys and values in place; every other group gathers
+    its blocks and runs SDPA.
     """
 
     kv_store: KVStore
@@ -78,7 +79,8 @@ class PagedAttention:
         for g in self.groups:
             b = g.block_table.shape[0]
             rows = q[0, :, g.start:g.start + b * g.num_queries]  # (H, B*Tq, hd)
-            if self.decode_kernel is not None and g.decode_lengths is not None and softcap <= 0:
+            if g.decode_lengths is not None:
+                assert self.decode_kernel is not None  # the builder sets decode_lengths only when it is loaded
                 y = self.decode_kernel(rows.transpose(0, 1).contiguous(), self.kv_store.keys[layer_id],
                                        self.kv_store.values[layer_id], g.block_table.contiguous(), g.decode_lengths,
                                        head_dim ** -0.5)  # (B, H, hd)

@@ -52,10 +52,11 @@ class ModelRunner:
         self.kv_store = kv_store
         self.block_size = block_size
         self.device = model.head_weight.device
-        self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap)
         kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
         self.forward = DecodeForward(model, kernels.rms_norm if kernels is not None else None)
         self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
+        self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap,
+                                       in_place_decodes=self.decode_kernel is not None)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (R, D) -> logits (R, V) in fp32."""

@@ -35,13 +35,16 @@ class StepInputBuilder:
 
     The flat arrays and block tables live in numpy buffers kept across steps and handed to torch without a
     copy on CPU, so a step costs a few slice assignments per request instead of building nested lists.
-    The attention mask of each group is built here once per step, not once per layer.
+    The attention mask of each group is built here once per step, not once per layer. With `in_place_decodes`
+    (the C++ decode kernel is loaded) decodes over unpruned blocks without soft-cap get each sequence's key count
+    instead of a mask: the kernel reads their keys where they lie.
     """
 
-    def __init__(self, block_size: int, device: torch.device, softcap: float) -> None:
+    def __init__(self, block_size: int, device: torch.device, softcap: float, in_place_decodes: bool = False) -> None:
         self.block_size = block_size
         self.device = device
         self.softcap = softcap
+        self.in_place_decodes = in_place_decodes
         self._ids = np.zeros(256, dtype=np.int64)
         self._positions = np.zeros(256, dtype=np.int64)
         self._slots = np.zeros(256, dtype=np.int64)
@@ -120,12 +123,14 @@ class StepInputBuilder:
             starts[i, len(kept):width] = PAD_POSITION
         end = items[0].num_computed_tokens + num_queries
         block_table = self._tensor(table[:b, :width])
-        # Decodes over unpruned blocks: each sees the keys at positions 0..its own, in block-table order.
-        decode_lengths = self._tensor(positions[start:start + b] + 1) if num_queries == 1 and not pruned else None
-        if b == 1 and num_queries == 1 and not pruned and self.softcap <= 0:
+        plain_decodes = num_queries == 1 and not pruned and self.softcap <= 0
+        if plain_decodes and self.in_place_decodes:
+            # Each sees the keys at positions 0..its own, in block-table order: the kernel needs their count only.
+            return AttentionGroup(start, num_queries, block_table, None, width * bs,
+                                  self._tensor(positions[start:start + b] + 1))
+        if plain_decodes and b == 1:
             # One decode: its keys are exactly the first `end` slots, all visible; no mask to build or apply.
-            return AttentionGroup(start, num_queries, block_table, None, end, decode_lengths)
+            return AttentionGroup(start, num_queries, block_table, None, end)
         query_positions = self._tensor(positions[start:start + b * num_queries].reshape(b, num_queries))
         key_positions = block_key_positions(self._tensor(starts[:b, :width]), bs)
-        return AttentionGroup(start, num_queries, block_table, causal_mask(key_positions, query_positions), width * bs,
-                              decode_lengths)
+        return AttentionGroup(start, num_queries, block_table, causal_mask(key_positions, query_positions), width * bs)
