@@ -61,13 +61,13 @@ class StepLinear:
     def __init__(self, weight: torch.Tensor, *, wide: bool = False) -> None:
         self.weight = weight
         self.packed = onednn_packed(weight)
-        self.wide = wide
+        self.wide = wide and weight.device.type == "cpu"  # GPUs take either layout at full speed
         self._transposed: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.numel() > x.shape[-1]:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        if not self.wide or self.weight.device.type != "cpu" or split_parts(self.weight) > 1:
+        if not self.wide or split_parts(self.weight) > 1:
             return cpu_linear(x, self.weight)
         if self._transposed is None:
             self._transposed = self.weight.t().contiguous()
