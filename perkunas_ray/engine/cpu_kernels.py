@@ -1,4 +1,5 @@
-"""The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store and RMSNorm, built on first use.
+"""The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm and a few decodes' whole
+decoder blocks in one call, built on first use.
 
 PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
 keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later
@@ -18,18 +19,24 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("paged_decode_attention.cpp", "rms_norm.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("paged_decode_attention.cpp", "rms_norm.cpp",
+                                                          "decode_layers.cpp")]  # in this order: one C++ unit
 
 
 # (q (B, H, hd), keys, values (num_blocks, block_size, H_kv, hd), block_table (B, K), lengths (B,), scale)
 #   -> (B, H, hd), all fp32 but the int64 table and lengths
 DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (..., D), weight (D,), eps), fp32
+# (x (B, D), 11 weights per block, key pools, value pools, cos, sin (B, hd), slots (B,), block_table (B, K),
+#  lengths (B,), heads, eps) -> the residual stream after the blocks (B, D); csrc/decode_layers.cpp says more
+DecodeLayers = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor,
+                         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
 
 class CpuKernels(NamedTuple):
     paged_decode_attention: DecodeAttention
     rms_norm: RMSNormKernel
+    decode_layers: DecodeLayers
 
 
 @functools.cache

@@ -6,6 +6,10 @@ lookup per step instead of recomputing the frequencies) and rotates with one rol
 and the linears skip nn.Module dispatch (on CPU: oneDNN's packed weights, or a single row in row blocks across
 the threads; engine/cpu_linear.py). Same operations in the same order as model/layers.py otherwise; the engine's
 greedy-equals-transformers and equals-reference tests hold it to that.
+
+A step of only a few decodes (fp32 on CPU, the C++ kernels built) goes further: `decodes` runs every block in one
+C++ call (engine/csrc/decode_layers.cpp), where the eager forward's ~25 ops per block cost more than the weights'
+arithmetic.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from perkunas_ray.engine.cpu_kernels import RMSNormKernel
+from perkunas_ray.engine.cpu_kernels import DecodeLayers, RMSNormKernel
 from perkunas_ray.engine.cpu_linear import StepLinear
+from perkunas_ray.engine.kv_store import KVStore
+from perkunas_ray.engine.step_inputs import StepInputs
 from perkunas_ray.model.attention import AttentionBackend
 from perkunas_ray.model.decoder import DecoderLM
 from perkunas_ray.model.layers import RMSNorm, rope_cos_sin
@@ -48,15 +54,28 @@ class BlockLinears:
                                                      mlp.up_proj, mlp.down_proj)))
 
 
+def block_weights(block: torch.nn.Module) -> list[torch.Tensor]:
+    """A decoder block's weights in the order csrc/decode_layers.cpp reads them (no qk-norm: empty q/k norms)."""
+    a, mlp = block.self_attn, block.mlp
+    none = torch.empty(0)
+    q_norm, k_norm = (a.q_norm.weight, a.k_norm.weight) if a.qk_norm else (none, none)
+    return [block.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, q_norm, k_norm,
+            a.o_proj.weight, block.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+            mlp.down_proj.weight]
+
+
 class DecodeForward:
     """hidden_states(input_ids, positions, attn) of a DecoderLM, for the engine's flat (1, N) batches."""
 
-    def __init__(self, model: DecoderLM, rms_norm_kernel: RMSNormKernel | None = None) -> None:
+    def __init__(self, model: DecoderLM, rms_norm_kernel: RMSNormKernel | None = None,
+                 decode_layers: DecodeLayers | None = None) -> None:
         self.model = model
         self.rms_norm_kernel = rms_norm_kernel  # the C++ one-pass RMSNorm (engine/cpu_kernels.py), fp32 CPU
+        self.decode_layers = decode_layers  # the C++ blocks of a decodes-only step, fp32 CPU over a float KV store
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
         self.linears = [BlockLinears.of(block) for block in self.blocks]
+        self.block_weights = [weight for block in self.blocks for weight in block_weights(block)]
         self.head = StepLinear(model.head_weight, wide=True)
         self.dtype = model.head_weight.dtype
         self.device = model.head_weight.device
@@ -79,16 +98,32 @@ class DecodeForward:
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + torch.roll(x, self.cfg.head_dim // 2, dims=-1) * sin
 
+    def _rope_rows(self, positions: torch.Tensor, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (N, hd) at positions (N,)."""
+        if max_position >= self.cos.shape[0]:  # sink+window pruning lets positions outgrow max_seq_len
+            self._grow_rope(2 * (max_position + 1))
+        return self.cos.index_select(0, positions), self.sin.index_select(0, positions)
+
+    def decodes(self, step: StepInputs, kv_store: KVStore) -> torch.Tensor:
+        """What __call__ returns, for a step whose only attention group is decodes the kernel reads in place
+        (`decode_lengths` set): every block in one `decode_layers` call, writing each block's KV to `step.slots`."""
+        assert self.decode_layers is not None and len(step.groups) == 1
+        group = step.groups[0]
+        assert group.decode_lengths is not None
+        cos, sin = self._rope_rows(step.positions[0], step.max_position)
+        x = F.embedding(step.input_ids[0], self.model.model.embed_tokens.weight)  # (B, D)
+        x = self.decode_layers(x, self.block_weights, kv_store.keys, kv_store.values, cos, sin, step.slots,
+                               group.block_table.contiguous(), group.decode_lengths, self.cfg.n_heads,
+                               self.cfg.norm_eps)
+        return self._norm(x, self.model.model.norm)
+
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, max_position: int,
                  attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions (1, N); max_position: the largest of the positions -> final-normed hidden (N, D)."""
-        if max_position >= self.cos.shape[0]:  # sink+window pruning lets positions outgrow max_seq_len
-            self._grow_rope(2 * (max_position + 1))
         n = input_ids.shape[1]
         cfg = self.cfg
         heads, kv_heads, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        cos = self.cos.index_select(0, positions[0])  # (N, hd), broadcast over (1, heads, N, hd)
-        sin = self.sin.index_select(0, positions[0])
+        cos, sin = self._rope_rows(positions[0], max_position)  # (N, hd), broadcast over (1, heads, N, hd)
         x = F.embedding(input_ids, self.model.model.embed_tokens.weight)  # (1, N, D)
         for block, lin in zip(self.blocks, self.linears, strict=True):
             a = block.self_attn

@@ -14,8 +14,12 @@ from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.paged_attention import PagedAttention
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.scheduler import ScheduledRequest, SchedulerOutput
-from perkunas_ray.engine.step_inputs import StepInputBuilder
+from perkunas_ray.engine.step_inputs import StepInputBuilder, StepInputs
 from perkunas_ray.model.decoder import DecoderLM
+
+# Up to this many decodes a step runs its blocks in one C++ call (DecodeForward.decodes); more go through the
+# eager forward, whose oneDNN projections win once the rows outweigh the dispatch it saves.
+FUSED_DECODE_ROWS = 4
 
 
 @dataclasses.dataclass
@@ -53,8 +57,9 @@ class ModelRunner:
         self.block_size = block_size
         self.device = model.head_weight.device
         kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
-        self.forward = DecodeForward(model, kernels.rms_norm if kernels is not None else None)
         self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
+        self.forward = DecodeForward(model, kernels.rms_norm if kernels is not None else None,
+                                     kernels.decode_layers if self.decode_kernel is not None else None)
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap,
                                        in_place_decodes=self.decode_kernel is not None)
 
@@ -70,8 +75,11 @@ class ModelRunner:
         items = [it for it in output.scheduled if it.num_new_tokens == 1]
         items += [it for it in output.scheduled if it.num_new_tokens > 1]
         step = self.inputs.build(items)
-        attn = PagedAttention(self.kv_store, step.slots, step.groups, self.decode_kernel)
-        h = self.forward(step.input_ids, step.positions, step.max_position, attn)  # (N, D)
+        if self._fused_decodes(step):
+            h = self.forward.decodes(step, self.kv_store)
+        else:
+            attn = PagedAttention(self.kv_store, step.slots, step.groups, self.decode_kernel)
+            h = self.forward(step.input_ids, step.positions, step.max_position, attn)  # (N, D)
         first_row = {id(item): row for item, row in zip(items, step.first_rows, strict=True)}
         last_row = {id(item): row for item, row in zip(items, step.last_rows, strict=True)}
         prompt = [self._prompt_logprobs(item, h, first_row[id(item)])
@@ -83,6 +91,11 @@ class ModelRunner:
         # Decodes come first and each samples: when every item does, the rows are already in order.
         picked = h if len(rows) == h.shape[0] else h.index_select(0, torch.tensor(rows, dtype=torch.long, device=dev))
         return RunnerOutput(self.logits(picked), prompt)
+
+    def _fused_decodes(self, step: StepInputs) -> bool:
+        """Does this step run its blocks in one C++ call: only decodes the kernel reads in place, and few of them?"""
+        return (self.forward.decode_layers is not None and len(step.groups) == 1
+                and step.groups[0].decode_lengths is not None and step.input_ids.shape[1] <= FUSED_DECODE_ROWS)
 
     def _prompt_logprobs(self, item: ScheduledRequest, h: torch.Tensor, first_row: int) -> PromptLogprobs:
         """Raw log-probs (no penalty, no temperature: what the model says, as vLLM's default) of the prompt

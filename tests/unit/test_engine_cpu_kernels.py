@@ -1,6 +1,6 @@
 """The engine's C++ CPU kernels equal the eager paths they replace (decode attention: gather + SDPA, read in place
-from the paged KV store; RMSNorm: PyTorch's); the engine takes them where they apply and works without them where
-they cannot be built."""
+from the paged KV store; RMSNorm: PyTorch's; a decodes-only step's blocks in one call: the eager forward); the
+engine takes them where they apply and works without them where they cannot be built."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine.cpu_kernels import cpu_kernels
+from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.native import NativeEngine
+from perkunas_ray.engine.paged_attention import PagedAttention
+from perkunas_ray.engine.request import Request
+from perkunas_ray.engine.runner import FUSED_DECODE_ROWS
+from perkunas_ray.engine.scheduler import ScheduledRequest
+from perkunas_ray.engine.step_inputs import StepInputBuilder
 from perkunas_ray.engine.toy import toy_tokenizer
 from perkunas_ray.model.attention import masked_attention
 from perkunas_ray.model.decoder import build_model
@@ -129,3 +136,95 @@ def test_without_a_compiler_the_engine_says_so_and_runs_eagerly(tmp_path: Path) 
     here = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16)).generate(
         [[5, 6, 7], [8, 9]], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     assert f"tokens {[o.outputs[0].token_ids for o in here]}" in result.stdout
+
+
+def _decode_step(lengths: list[int], bs: int, num_blocks: int, vocab: int, g: torch.Generator):
+    """A decodes-only step: sequence i has lengths[i] tokens, the last one new, over distinct random blocks."""
+    blocks = torch.randperm(num_blocks, generator=g).tolist()
+    items = []
+    for i, n in enumerate(lengths):
+        width = -(-n // bs)
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        items.append(ScheduledRequest(Request(f"r{i}", ids), n - 1, 1, blocks[:width]))
+        blocks = blocks[width:]
+    return StepInputBuilder(bs, torch.device("cpu"), 0.0, in_place_decodes=True).build(items)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("qk_norm", "kv_heads", "threads"), [(False, 4, 2), (True, 2, 2), (True, 1, 1)])
+def test_decode_layers_equal_the_eager_forward(qk_norm: bool, kv_heads: int, threads: int) -> None:
+    """Hidden states and every block's written keys/values, for 1-5 decodes (d_ff 40: GEMV tails past 16 floats),
+    positions past max_seq_len included (the RoPE table grows as pruning needs)."""
+    cfg = ModelConfig(vocab_size=90, d_model=32, n_layers=3, n_heads=4, n_kv_heads=kv_heads, d_ff=40, max_seq_len=16,
+                      qk_norm=qk_norm).validate()
+    model = build_model(cfg, seed=5).eval()
+    forward = DecodeForward(model, kernels.rms_norm, kernels.decode_layers)
+    g = torch.Generator().manual_seed(kv_heads)
+    bs, num_blocks = 4, 64
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for lengths in ([1], [7], [3, 12], [5, 9, 2, 4], [8, 1, 30, 6, 11]):
+            step = _decode_step(lengths, bs, num_blocks, cfg.vocab_size, g)
+            stores = []
+            for _ in range(2):
+                store = KVStore(cfg.n_layers, num_blocks, bs, kv_heads, cfg.head_dim, torch.float32)
+                for pool in store.keys + store.values:
+                    pool.copy_(torch.randn(pool.shape, generator=torch.Generator().manual_seed(len(lengths))))
+                stores.append(store)
+            with torch.inference_mode():
+                fused = forward.decodes(step, stores[0])
+                eager = forward(step.input_ids, step.positions, step.max_position,
+                                PagedAttention(stores[1], step.slots, step.groups, kernels.paged_decode_attention))
+            torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+            for ours, theirs in zip(stores[0].keys + stores[0].values, stores[1].keys + stores[1].values, strict=True):
+                torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+def test_decode_layers_refuse_bad_slots_and_weights() -> None:
+    cfg = tiny_config()
+    model = build_model(cfg, seed=0).eval()
+    forward = DecodeForward(model, kernels.rms_norm, kernels.decode_layers)
+    store = KVStore(cfg.n_layers, 8, 4, cfg.n_kv_heads, cfg.head_dim, torch.float32)
+    step = _decode_step([6], 4, 8, cfg.vocab_size, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        forward.decodes(step, store)
+        step.slots[0] = 32
+        with pytest.raises(RuntimeError, match=r"slots\[0\] = 32 outside \[0, 32\)"):
+            forward.decodes(step, store)
+        step.slots[0] = 5
+        forward.block_weights[11 + 8] = forward.block_weights[11 + 8][:, :-1]
+        with pytest.raises(RuntimeError, match=r"layer 1 gate must be a contiguous fp32 tensor of shape \[48, 32\]"):
+            forward.decodes(step, store)
+
+
+@needs_kernels
+def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy tokens equal the eager forward's, and steps with prefill chunks or more than FUSED_DECODE_ROWS
+    decodes take the eager forward."""
+    model = build_model(tiny_config(), seed=0).eval()
+    prompts = [[5, 6, 7], [8, 9], [3], [10, 11, 12, 13], [4, 4], [7]]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+    def run(prompts: list[list[int]], fused: bool) -> tuple[list[list[int]], list[int]]:
+        engine = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=64))
+        calls: list[int] = []
+        decodes = engine.runner.forward.decodes
+        monkeypatch.setattr(engine.runner.forward, "decodes",
+                            lambda step, store: calls.append(step.input_ids.shape[1]) or decodes(step, store))
+        if not fused:
+            engine.runner.forward.decode_layers = None
+        return [o.outputs[0].token_ids for o in engine.generate(prompts, params)], calls
+
+    few, many = prompts[:FUSED_DECODE_ROWS - 1], prompts
+    assert len(many) > FUSED_DECODE_ROWS
+    tokens, calls = run(few, True)
+    assert (tokens, []) == run(few, False)
+    assert calls == [len(few)] * (params.max_tokens - 1)  # every step but the first (prefills)
+    tokens, calls = run(many, True)
+    assert (tokens, []) == run(many, False) and calls == []
+    int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).runner
+    assert int8.forward.decode_layers is None

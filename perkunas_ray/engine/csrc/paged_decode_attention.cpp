@@ -17,33 +17,10 @@
 #include <limits>
 #include <vector>
 
-torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool,
-                                     const torch::Tensor& v_pool, const torch::Tensor& block_table,
-                                     const torch::Tensor& lengths, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(),
-              "q must be a contiguous (B, H, hd) fp32 tensor");
-  TORCH_CHECK(k_pool.dim() == 4 && k_pool.scalar_type() == torch::kFloat32 && k_pool.is_contiguous() &&
-                  v_pool.sizes() == k_pool.sizes() && v_pool.scalar_type() == torch::kFloat32 &&
-                  v_pool.is_contiguous(),
-              "k_pool and v_pool must be contiguous (num_blocks, block_size, H_kv, hd) fp32 tensors");
-  TORCH_CHECK(block_table.dim() == 2 && block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous(),
-              "block_table must be a contiguous (B, K) int64 tensor");
-  TORCH_CHECK(lengths.dim() == 1 && lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(),
-              "lengths must be a contiguous (B,) int64 tensor");
-  const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(2);
-  const int64_t block_size = k_pool.size(1), kv_heads = k_pool.size(2), width = block_table.size(1);
-  TORCH_CHECK(k_pool.size(3) == dim && heads % kv_heads == 0 && block_table.size(0) == batch &&
-                  lengths.size(0) == batch,
-              "shapes disagree: q ", q.sizes(), ", pools ", k_pool.sizes(), ", block_table ", block_table.sizes(),
-              ", lengths ", lengths.sizes());
-  const int64_t group = heads / kv_heads;
-  const float* qs = q.data_ptr<float>();
-  const float* ks = k_pool.data_ptr<float>();
-  const float* vs = v_pool.data_ptr<float>();
-  const int64_t* table = block_table.data_ptr<int64_t>();
-  const int64_t* lens = lengths.data_ptr<int64_t>();
-  const int64_t num_blocks = k_pool.size(0);
-  for (int64_t b = 0; b < batch; ++b) {  // every block read below is checked here, once
+// Checks one step's block table and key counts against a pool of `num_blocks` blocks: every block read below.
+void check_decode_table(const int64_t* table, const int64_t* lens, int64_t batch, int64_t width, int64_t block_size,
+                        int64_t num_blocks) {
+  for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(lens[b] >= 1 && lens[b] <= width * block_size, "lengths[", b, "] = ", lens[b],
                 " outside [1, ", width * block_size, "]");
     for (int64_t j = 0; j < (lens[b] + block_size - 1) / block_size; ++j) {
@@ -51,9 +28,14 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
                   "] = ", table[b * width + j], " outside [0, ", num_blocks, ")");
     }
   }
-  auto out = torch::empty_like(q);
-  float* os = out.data_ptr<float>();
-  const float scale_f = static_cast<float>(scale);
+}
+
+// out (B, H, hd) = attention of q (B, H, hd) over each sequence's first lens[b] slots of pools (num_blocks,
+// block_size, H_kv, hd) through block table (B, width); inputs already checked (check_decode_table).
+void paged_decode_attention_into(const float* qs, const float* ks, const float* vs, const int64_t* table,
+                                 const int64_t* lens, int64_t batch, int64_t heads, int64_t dim, int64_t kv_heads,
+                                 int64_t block_size, int64_t width, float scale_f, float* os) {
+  const int64_t group = heads / kv_heads;
   // A task is one sequence's KV heads [kv_begin, kv_end) (all of them when there are enough sequences to keep
   // the threads busy): it walks the sequence's slots in order, reading each slot's keys (then values) as one
   // contiguous run, which the hardware prefetcher streams; the KV comes from memory, not cache, in a real step.
@@ -115,5 +97,33 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
       }
     }
   });
+}
+
+torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                     const torch::Tensor& v_pool, const torch::Tensor& block_table,
+                                     const torch::Tensor& lengths, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(),
+              "q must be a contiguous (B, H, hd) fp32 tensor");
+  TORCH_CHECK(k_pool.dim() == 4 && k_pool.scalar_type() == torch::kFloat32 && k_pool.is_contiguous() &&
+                  v_pool.sizes() == k_pool.sizes() && v_pool.scalar_type() == torch::kFloat32 &&
+                  v_pool.is_contiguous(),
+              "k_pool and v_pool must be contiguous (num_blocks, block_size, H_kv, hd) fp32 tensors");
+  TORCH_CHECK(block_table.dim() == 2 && block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous(),
+              "block_table must be a contiguous (B, K) int64 tensor");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(),
+              "lengths must be a contiguous (B,) int64 tensor");
+  const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t block_size = k_pool.size(1), kv_heads = k_pool.size(2), width = block_table.size(1);
+  TORCH_CHECK(k_pool.size(3) == dim && heads % kv_heads == 0 && block_table.size(0) == batch &&
+                  lengths.size(0) == batch,
+              "shapes disagree: q ", q.sizes(), ", pools ", k_pool.sizes(), ", block_table ", block_table.sizes(),
+              ", lengths ", lengths.sizes());
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  const int64_t* lens = lengths.data_ptr<int64_t>();
+  check_decode_table(table, lens, batch, width, block_size, k_pool.size(0));
+  auto out = torch::empty_like(q);
+  paged_decode_attention_into(q.data_ptr<float>(), k_pool.data_ptr<float>(), v_pool.data_ptr<float>(), table, lens,
+                              batch, heads, dim, kv_heads, block_size, width, static_cast<float>(scale),
+                              out.data_ptr<float>());
   return out;
 }

@@ -1,0 +1,237 @@
+// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (needs paged_decode_attention.cpp).
+//
+// Why by hand: at one or a few decodes a step's cost is dispatch, not arithmetic. The eager forward
+// (decode_forward.py) runs ~25 tensor ops per block from Python (norms, three projections and their views,
+// RoPE's multiplies and roll, the KV writes, attention, residual adds, the MLP's activation), 5-20 us each, while
+// the block's weights stream through in ~0.15 ms: at one stream of the speed preset the two blocks took 0.86 ms
+// of a 1.4 ms step. Here a block is five parallel passes (q/k/v, attention, o, gate/up, down) with the row-wise
+// work between them (norms, RoPE, KV writes, SiLU) done in place on a few rows. PyTorch has no fused CPU decode
+// block; inductor would need a compile per shape and still calls the projections one by one.
+//
+// Same math, in the same order, as the eager path: RMSNorm, q/k/v projections, optional per-head q/k RMSNorm,
+// RoPE (x * cos + roll(x, hd / 2) * sin, sin's first half negated), keys/values written to their slots, attention
+// over each sequence's first `lengths[b]` slots, o projection added to the residual, RMSNorm, SiLU(gate) * up,
+// down projection added. Only the summation order differs (float rounding).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// The projections are GEMVs over weights that come from cache or memory: compiled twice, for AVX2 + FMA (8 floats a
+// lane, fused multiply-add) and for the baseline x86-64, and picked at load time by the CPU's features (GCC's
+// target_clones), so one build runs on any x86-64 machine and at full width where the CPU has it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PERKUNAS_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define PERKUNAS_CPU_CLONES
+#endif
+
+namespace {
+
+constexpr int kWeightsPerBlock = 11;  // input norm, q, k, v, q norm, k norm, o, post-attention norm, gate, up, down
+
+// sums[r] = dot(row, x[r]) for R rows of x (row stride n): one read of the weight row serves R rows; 16
+// independent partial sums per row keep the adds from waiting on each other.
+template <int R>
+inline __attribute__((always_inline)) void dot_rows(const float* row, const float* x, int64_t n, float* sums) {
+  float acc[R][16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int r = 0; r < R; ++r) {
+      const float* xs = x + r * n + i;
+#pragma omp simd
+      for (int j = 0; j < 16; ++j) acc[r][j] += row[i + j] * xs[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float total = 0.f;
+    for (int j = 0; j < 16; ++j) total += acc[r][j];
+    for (int64_t k = i; k < n; ++k) total += row[k] * x[r * n + k];
+    sums[r] = total;
+  }
+}
+
+// y[r, o] = (y[r, o] if accumulate) + dot(w[o], x[r]) for output rows o in [begin, end), r < m.
+PERKUNAS_CPU_CLONES void gemv_rows(const float* w, int64_t n, const float* x, int64_t m, float* y, int64_t ldy,
+                                   int64_t begin, int64_t end, bool accumulate) {
+  float sums[4];
+  for (int64_t o = begin; o < end; ++o) {
+    const float* row = w + o * n;
+    for (int64_t r0 = 0; r0 < m; r0 += 4) {
+      const int64_t rows = std::min<int64_t>(4, m - r0);
+      const float* xs = x + r0 * n;
+      switch (rows) {
+        case 4: dot_rows<4>(row, xs, n, sums); break;
+        case 3: dot_rows<3>(row, xs, n, sums); break;
+        case 2: dot_rows<2>(row, xs, n, sums); break;
+        default: dot_rows<1>(row, xs, n, sums); break;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float* out = y + (r0 + r) * ldy + o;
+        *out = accumulate ? *out + sums[r] : sums[r];
+      }
+    }
+  }
+}
+
+struct Projection {
+  const float* weight;  // (rows, n), row-major
+  int64_t rows;
+  int64_t column;  // its first output column in y
+};
+
+// y (m, ldy) [, column : column + rows] (+)= x (m, n) @ weight.T for each projection, all outputs split over threads.
+void project(const std::vector<Projection>& projections, const float* x, int64_t m, int64_t n, float* y,
+             int64_t ldy, bool accumulate) {
+  int64_t total = 0;
+  for (const auto& p : projections) total += p.rows;
+  at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
+    int64_t first = 0;  // the projection's first row in [0, total)
+    for (const auto& p : projections) {
+      const int64_t lo = std::max(begin, first), hi = std::min(end, first + p.rows);
+      if (lo < hi) gemv_rows(p.weight, n, x, m, y + p.column, ldy, lo - first, hi - first, accumulate);
+      first += p.rows;
+    }
+  });
+}
+
+// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight for `rows` rows of `dim` (out may be x).
+void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * dim;
+    float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
+    const float scale = 1.f / std::sqrt(squares / static_cast<float>(dim) + eps);
+    float* o = out + r * dim;
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) o[d] = row[d] * scale * weight[d];
+  }
+}
+
+// out[h] = x[h] * cos + roll(x[h], hd / 2) * sin for `heads` heads of `dim` (sin's first half negated).
+void rope_heads(const float* x, const float* cos, const float* sin, float* out, int64_t heads, int64_t dim) {
+  const int64_t half = dim / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* xs = x + h * dim;
+    float* o = out + h * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = xs[d] * cos[d] + xs[(d + half) % dim] * sin[d];
+  }
+}
+
+const float* floats(const torch::Tensor& t, const char* name, int64_t layer, std::vector<int64_t> shape) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.sizes() == c10::IntArrayRef(shape), "layer ", layer, " ",
+              name, " must be a contiguous fp32 tensor of shape ", c10::IntArrayRef(shape), ", got ", t.sizes(),
+              " ", t.scalar_type());
+  return t.data_ptr<float>();
+}
+
+}  // namespace
+
+// x (B, D): the step's B decode tokens' embeddings -> the residual stream after every block, (B, D).
+// weights: kWeightsPerBlock per block (q/k norms: empty tensors without qk-norm); k_pools/v_pools: each block's
+// (num_blocks, block_size, H_kv, hd) KV; cos/sin (B, hd) at each token's position; slots (B,) where its KV goes;
+// block_table (B, K) and lengths (B,) as paged_decode_attention reads them.
+torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                            const std::vector<torch::Tensor>& k_pools, const std::vector<torch::Tensor>& v_pools,
+                            const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& slots,
+                            const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads,
+                            double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be a (B, D) fp32 tensor");
+  const int64_t batch = x.size(0), model_dim = x.size(1);
+  const int64_t layers = static_cast<int64_t>(k_pools.size());
+  TORCH_CHECK(layers >= 1 && static_cast<int64_t>(v_pools.size()) == layers &&
+                  static_cast<int64_t>(weights.size()) == layers * kWeightsPerBlock,
+              "expected ", kWeightsPerBlock, " weights and one key and one value pool per block, got ",
+              weights.size(), " weights, ", k_pools.size(), " and ", v_pools.size(), " pools");
+  TORCH_CHECK(heads >= 1 && model_dim % heads == 0, "heads = ", heads, " does not divide D = ", model_dim);
+  const int64_t dim = model_dim / heads;
+  const auto& pool0 = k_pools[0];
+  TORCH_CHECK(pool0.dim() == 4 && pool0.size(3) == dim && heads % pool0.size(2) == 0,
+              "key pools must be (num_blocks, block_size, H_kv, ", dim, ") with H_kv dividing ", heads, ", got ",
+              pool0.sizes());
+  const int64_t num_blocks = pool0.size(0), block_size = pool0.size(1), kv_heads = pool0.size(2);
+  const int64_t q_width = heads * dim, kv_width = kv_heads * dim;
+  const int64_t ffn = weights[8].dim() == 2 ? weights[8].size(0) : 0;
+  TORCH_CHECK(block_table.dim() == 2 && block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous() &&
+                  block_table.size(0) == batch,
+              "block_table must be a contiguous (", batch, ", K) int64 tensor, got ", block_table.sizes());
+  for (const auto* t : {&lengths, &slots}) {
+    TORCH_CHECK(t->dim() == 1 && t->scalar_type() == torch::kInt64 && t->is_contiguous() && t->size(0) == batch,
+                "lengths and slots must be contiguous (", batch, ",) int64 tensors, got ", t->sizes());
+  }
+  const float* cos_rows = floats(cos, "cos", -1, {batch, dim});
+  const float* sin_rows = floats(sin, "sin", -1, {batch, dim});
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  const int64_t* lens = lengths.data_ptr<int64_t>();
+  const int64_t* slot_ids = slots.data_ptr<int64_t>();
+  const int64_t width = block_table.size(1);
+  check_decode_table(table, lens, batch, width, block_size, num_blocks);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(slot_ids[b] >= 0 && slot_ids[b] < num_blocks * block_size, "slots[", b, "] = ", slot_ids[b],
+                " outside [0, ", num_blocks * block_size, ")");
+  }
+  const float eps_f = static_cast<float>(eps), scale = 1.f / std::sqrt(static_cast<float>(dim));
+
+  auto residual = x.contiguous().clone();
+  float* xs = residual.data_ptr<float>();
+  std::vector<float> normed(batch * std::max(model_dim, ffn)), qkv(batch * (q_width + 2 * kv_width));
+  std::vector<float> queries(batch * q_width), attended(batch * q_width), gate_up(batch * 2 * ffn);
+  const int64_t qkv_width = q_width + 2 * kv_width;
+  for (int64_t l = 0; l < layers; ++l) {
+    const torch::Tensor* w = weights.data() + l * kWeightsPerBlock;
+    const float* input_norm = floats(w[0], "input norm", l, {model_dim});
+    const float* wq = floats(w[1], "q", l, {q_width, model_dim});
+    const float* wk = floats(w[2], "k", l, {kv_width, model_dim});
+    const float* wv = floats(w[3], "v", l, {kv_width, model_dim});
+    const bool qk_norm = w[4].numel() > 0;
+    const float* q_norm = qk_norm ? floats(w[4], "q norm", l, {dim}) : nullptr;
+    const float* k_norm = qk_norm ? floats(w[5], "k norm", l, {dim}) : nullptr;
+    const float* wo = floats(w[6], "o", l, {model_dim, q_width});
+    const float* post_norm = floats(w[7], "post-attention norm", l, {model_dim});
+    const float* wg = floats(w[8], "gate", l, {ffn, model_dim});
+    const float* wu = floats(w[9], "up", l, {ffn, model_dim});
+    const float* wd = floats(w[10], "down", l, {model_dim, ffn});
+    for (const auto* pool : {&k_pools[l], &v_pools[l]}) {
+      TORCH_CHECK(pool->scalar_type() == torch::kFloat32 && pool->is_contiguous() && pool->sizes() == pool0.sizes(),
+                  "layer ", l, " KV pools must be contiguous fp32 tensors of shape ", pool0.sizes(), ", got ",
+                  pool->sizes());
+    }
+    float* keys = k_pools[l].data_ptr<float>();
+    float* values = v_pools[l].data_ptr<float>();
+
+    rms_norm_rows(xs, input_norm, normed.data(), batch, model_dim, eps_f);
+    project({{wq, q_width, 0}, {wk, kv_width, q_width}, {wv, kv_width, q_width + kv_width}}, normed.data(), batch,
+            model_dim, qkv.data(), qkv_width, false);
+    for (int64_t b = 0; b < batch; ++b) {
+      float* q = qkv.data() + b * qkv_width;
+      float* k = q + q_width;
+      const float* v = k + kv_width;
+      if (qk_norm) {
+        rms_norm_rows(q, q_norm, q, heads, dim, eps_f);
+        rms_norm_rows(k, k_norm, k, kv_heads, dim, eps_f);
+      }
+      const float* c = cos_rows + b * dim;
+      const float* s = sin_rows + b * dim;
+      rope_heads(q, c, s, queries.data() + b * q_width, heads, dim);
+      rope_heads(k, c, s, keys + slot_ids[b] * kv_width, kv_heads, dim);
+      std::copy(v, v + kv_width, values + slot_ids[b] * kv_width);
+    }
+    paged_decode_attention_into(queries.data(), keys, values, table, lens, batch, heads, dim, kv_heads, block_size,
+                                width, scale, attended.data());
+    project({{wo, model_dim, 0}}, attended.data(), batch, q_width, xs, model_dim, true);
+    rms_norm_rows(xs, post_norm, normed.data(), batch, model_dim, eps_f);
+    project({{wg, ffn, 0}, {wu, ffn, ffn}}, normed.data(), batch, model_dim, gate_up.data(), 2 * ffn, false);
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* g = gate_up.data() + b * 2 * ffn;
+      float* a = normed.data() + b * ffn;
+      for (int64_t f = 0; f < ffn; ++f) a[f] = g[f] / (1.f + std::exp(-g[f])) * g[ffn + f];
+    }
+    project({{wd, model_dim, 0}}, normed.data(), batch, ffn, xs, model_dim, true);
+  }
+  return residual;
+}
