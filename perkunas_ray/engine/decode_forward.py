@@ -71,11 +71,14 @@ class DecodeForward:
                  decode_layers: DecodeLayers | None = None) -> None:
         self.model = model
         self.rms_norm_kernel = rms_norm_kernel  # the C++ one-pass RMSNorm (engine/cpu_kernels.py), fp32 CPU
-        self.decode_layers = decode_layers  # the C++ blocks of a decodes-only step, fp32 CPU over a float KV store
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
         self.linears = [BlockLinears.of(block) for block in self.blocks]
         self.block_weights = [weight for block in self.blocks for weight in block_weights(block)]
+        kernel_ready = all(w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
+                           for w in self.block_weights)
+        # The C++ blocks of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
+        self.decode_layers = decode_layers if kernel_ready else None
         self.head = StepLinear(model.head_weight, wide=True)
         self.dtype = model.head_weight.dtype
         self.device = model.head_weight.device

@@ -8,6 +8,7 @@ import itertools
 import logging
 import random
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ from perkunas_ray.engine.scheduler import Scheduler
 from perkunas_ray.engine.torch_thread import on_torch_thread
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import DecoderLM
+
+# The serving loop runs steps on the torch thread for up to this long per hand-off from the event loop: one
+# executor round trip (a future, a wake-up of the loop, a GIL hand-over) per step cost ~0.1 ms of a 0.8 ms step at
+# one stream. Outputs still reach their streams after every step; an abort or a stats call waits at most this.
+STEPS_PER_HANDOFF_S = 0.005
 
 logger = logging.getLogger("perkunas.engine")
 
@@ -324,10 +330,18 @@ class NativeEngine:
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._step_loop())
 
+    def _steps(self, budget_s: float) -> None:
+        """Step while there is work, for up to `budget_s` (at least one step)."""
+        deadline = time.perf_counter() + budget_s
+        while self.has_unfinished():
+            self.step()
+            if time.perf_counter() >= deadline:
+                return
+
     async def _step_loop(self) -> None:
         try:
             while self.has_unfinished():
-                await on_torch_thread(self.step)
+                await on_torch_thread(self._steps, STEPS_PER_HANDOFF_S)
         except Exception as exc:  # step() confines request failures; anything left is the engine's own
             for state in list(self._states.values()):
                 if state.sink is not None:

@@ -199,6 +199,10 @@ def test_decode_layers_refuse_bad_slots_and_weights() -> None:
         forward.block_weights[11 + 8] = forward.block_weights[11 + 8][:, :-1]
         with pytest.raises(RuntimeError, match=r"layer 1 gate must be a contiguous fp32 tensor of shape \[48, 32\]"):
             forward.decodes(step, store)
+    # Weights the kernel cannot read as they lie (here a transposed view) keep the model on the eager forward.
+    gate = model.model.layers["1"].mlp.gate_proj
+    gate.weight.data = gate.weight.data.t().contiguous().t()
+    assert DecodeForward(model, kernels.rms_norm, kernels.decode_layers).decode_layers is None
 
 
 @needs_kernels
