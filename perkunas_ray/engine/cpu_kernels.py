@@ -1,5 +1,5 @@
-"""The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm and a few decodes' whole
-decoder blocks in one call, built on first use.
+"""The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm, a few decodes' whole
+decoder blocks in one call and their GEMV for a few rows, built on first use.
 
 PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
 keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later
@@ -29,6 +29,7 @@ DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (..., D), weight (D,), eps), fp32
 # (x (B, D), 11 weights per block, key pools, value pools, cos, sin (B, hd), slots (B,), block_table (B, K),
 #  lengths (B,), heads, eps) -> the residual stream after the blocks (B, D); csrc/decode_layers.cpp says more
+LinearRows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (M, n), weight (out, n)) -> x @ weight.T, fp32
 DecodeLayers = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor,
                          torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
@@ -37,6 +38,7 @@ class CpuKernels(NamedTuple):
     paged_decode_attention: DecodeAttention
     rms_norm: RMSNormKernel
     decode_layers: DecodeLayers
+    linear_rows: LinearRows
 
 
 @functools.cache

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from perkunas_ray.engine.cpu_kernels import DecodeLayers, RMSNormKernel
+from perkunas_ray.engine.cpu_kernels import CpuKernels, LinearRows
 from perkunas_ray.engine.cpu_linear import StepLinear
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.step_inputs import StepInputs
@@ -48,10 +48,10 @@ class BlockLinears:
     down: StepLinear
 
     @classmethod
-    def of(cls, block: torch.nn.Module) -> BlockLinears:
+    def of(cls, block: torch.nn.Module, gemv: LinearRows | None = None) -> BlockLinears:
         a, mlp = block.self_attn, block.mlp
-        return cls(*(StepLinear(m.weight) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj,
-                                                     mlp.up_proj, mlp.down_proj)))
+        return cls(*(StepLinear(m.weight, gemv=gemv) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                                mlp.gate_proj, mlp.up_proj, mlp.down_proj)))
 
 
 def block_weights(block: torch.nn.Module) -> list[torch.Tensor]:
@@ -67,19 +67,21 @@ def block_weights(block: torch.nn.Module) -> list[torch.Tensor]:
 class DecodeForward:
     """hidden_states(input_ids, positions, attn) of a DecoderLM, for the engine's flat (1, N) batches."""
 
-    def __init__(self, model: DecoderLM, rms_norm_kernel: RMSNormKernel | None = None,
-                 decode_layers: DecodeLayers | None = None) -> None:
+    def __init__(self, model: DecoderLM, kernels: CpuKernels | None = None, *, fused_decodes: bool = False) -> None:
+        """kernels: the C++ CPU kernels (engine/cpu_kernels.py; fp32 CPU only); fused_decodes: whether `decodes` may
+        run the blocks in one call (the KV store holds floats the kernel reads in place)."""
         self.model = model
-        self.rms_norm_kernel = rms_norm_kernel  # the C++ one-pass RMSNorm (engine/cpu_kernels.py), fp32 CPU
+        self.rms_norm_kernel = kernels.rms_norm if kernels is not None else None
+        gemv = kernels.linear_rows if kernels is not None else None
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
-        self.linears = [BlockLinears.of(block) for block in self.blocks]
+        self.linears = [BlockLinears.of(block, gemv) for block in self.blocks]
+        self.head = StepLinear(model.head_weight, wide=True, gemv=gemv)
         self.block_weights = [weight for block in self.blocks for weight in block_weights(block)]
         kernel_ready = all(w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
                            for w in self.block_weights)
         # The C++ blocks of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
-        self.decode_layers = decode_layers if kernel_ready else None
-        self.head = StepLinear(model.head_weight, wide=True)
+        self.decode_layers = kernels.decode_layers if kernels is not None and fused_decodes and kernel_ready else None
         self.dtype = model.head_weight.dtype
         self.device = model.head_weight.device
         self.cos = self.sin = torch.empty(0, self.cfg.head_dim)

@@ -58,8 +58,7 @@ class ModelRunner:
         self.device = model.head_weight.device
         kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
         self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
-        self.forward = DecodeForward(model, kernels.rms_norm if kernels is not None else None,
-                                     kernels.decode_layers if self.decode_kernel is not None else None)
+        self.forward = DecodeForward(model, kernels, fused_decodes=self.decode_kernel is not None)
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap,
                                        in_place_decodes=self.decode_kernel is not None)
 

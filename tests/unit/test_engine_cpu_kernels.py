@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine.cpu_kernels import cpu_kernels
+from perkunas_ray.engine.cpu_linear import GEMV_MAX_ROWS, StepLinear
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.kv_store import KVStore
@@ -158,7 +159,7 @@ def test_decode_layers_equal_the_eager_forward(qk_norm: bool, kv_heads: int, thr
     cfg = ModelConfig(vocab_size=90, d_model=32, n_layers=3, n_heads=4, n_kv_heads=kv_heads, d_ff=40, max_seq_len=16,
                       qk_norm=qk_norm).validate()
     model = build_model(cfg, seed=5).eval()
-    forward = DecodeForward(model, kernels.rms_norm, kernels.decode_layers)
+    forward = DecodeForward(model, kernels, fused_decodes=True)
     g = torch.Generator().manual_seed(kv_heads)
     bs, num_blocks = 4, 64
     before = torch.get_num_threads()
@@ -187,7 +188,7 @@ def test_decode_layers_equal_the_eager_forward(qk_norm: bool, kv_heads: int, thr
 def test_decode_layers_refuse_bad_slots_and_weights() -> None:
     cfg = tiny_config()
     model = build_model(cfg, seed=0).eval()
-    forward = DecodeForward(model, kernels.rms_norm, kernels.decode_layers)
+    forward = DecodeForward(model, kernels, fused_decodes=True)
     store = KVStore(cfg.n_layers, 8, 4, cfg.n_kv_heads, cfg.head_dim, torch.float32)
     step = _decode_step([6], 4, 8, cfg.vocab_size, torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -202,7 +203,7 @@ def test_decode_layers_refuse_bad_slots_and_weights() -> None:
     # Weights the kernel cannot read as they lie (here a transposed view) keep the model on the eager forward.
     gate = model.model.layers["1"].mlp.gate_proj
     gate.weight.data = gate.weight.data.t().contiguous().t()
-    assert DecodeForward(model, kernels.rms_norm, kernels.decode_layers).decode_layers is None
+    assert DecodeForward(model, kernels, fused_decodes=True).decode_layers is None
 
 
 @needs_kernels
@@ -232,3 +233,38 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
     assert (tokens, []) == run(many, False) and calls == []
     int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).runner
     assert int8.forward.decode_layers is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_rows_equal_f_linear_and_serve_few_rows(threads: int) -> None:
+    """The GEMV equals F.linear to rounding (inner sizes off the 16-float step, 1-6 rows, strided inputs); a step
+    linear given it sends up to GEMV_MAX_ROWS rows there and more to oneDNN; bad shapes are named."""
+    g = torch.Generator().manual_seed(threads)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for out, n in ((96, 40), (130, 384), (7, 5)):
+            weight = torch.randn(out, n, generator=g)
+            for rows in range(1, 7):
+                x = torch.randn(rows, n, generator=g)
+                torch.testing.assert_close(kernels.linear_rows(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+            calls: list[int] = []
+
+            def gemv(x: torch.Tensor, w: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
+                calls.append(x.shape[0])
+                return kernels.linear_rows(x, w)
+
+            linear = StepLinear(weight, wide=True, gemv=gemv)
+            for rows in (1, 2, 3, 16):
+                x = torch.randn(1, rows, n, generator=g)
+                for given in (x, x[0].t().contiguous().t()[None]):
+                    torch.testing.assert_close(linear(given), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+            assert calls == [1, 1, 2, 2] and GEMV_MAX_ROWS == 2 and linear._transposed is None
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(RuntimeError, match=r"weight must be a contiguous fp32 tensor of shape \[8, 5\]"):
+        kernels.linear_rows(torch.randn(2, 5), torch.randn(8, 6))
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous \(M, n\) fp32 tensor"):
+        kernels.linear_rows(torch.randn(5, 2).t(), torch.randn(8, 5))
+    assert StepLinear(torch.randn(8, 5).bfloat16(), gemv=kernels.linear_rows).gemv is None  # fp32 only

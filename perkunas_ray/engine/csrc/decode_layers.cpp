@@ -19,13 +19,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 // The projections are GEMVs over weights that come from cache or memory: compiled twice, for AVX2 + FMA (8 floats a
 // lane, fused multiply-add) and for the baseline x86-64, and picked at load time by the CPU's features (GCC's
 // target_clones), so one build runs on any x86-64 machine and at full width where the CPU has it.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PERKUNAS_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define PERKUNAS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define PERKUNAS_CPU_CLONES
 #endif
@@ -47,9 +48,11 @@ inline __attribute__((always_inline)) void dot_rows(const float* row, const floa
       for (int j = 0; j < 16; ++j) acc[r][j] += row[i + j] * xs[j];
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float total = 0.f;
-    for (int j = 0; j < 16; ++j) total += acc[r][j];
+  for (int r = 0; r < R; ++r) {  // a tree of adds, not a chain of 16: at n = 384 a chain cost more than the loop
+    float half[8];
+#pragma omp simd
+    for (int j = 0; j < 8; ++j) half[j] = acc[r][j] + acc[r][j + 8];
+    float total = ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7]));
     for (int64_t k = i; k < n; ++k) total += row[k] * x[r * n + k];
     sums[r] = total;
   }
@@ -123,10 +126,12 @@ void rope_heads(const float* x, const float* cos, const float* sin, float* out, 
   }
 }
 
+// t's data, checked to be a contiguous fp32 tensor of `shape`; the error names it (and its block, when layer >= 0).
 const float* floats(const torch::Tensor& t, const char* name, int64_t layer, std::vector<int64_t> shape) {
-  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.sizes() == c10::IntArrayRef(shape), "layer ", layer, " ",
-              name, " must be a contiguous fp32 tensor of shape ", c10::IntArrayRef(shape), ", got ", t.sizes(),
-              " ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.sizes() == c10::IntArrayRef(shape),
+              layer >= 0 ? "layer " + std::to_string(layer) + " " : std::string(), name,
+              " must be a contiguous fp32 tensor of shape ", c10::IntArrayRef(shape), ", got ", t.sizes(), " ",
+              t.scalar_type());
   return t.data_ptr<float>();
 }
 
@@ -234,4 +239,16 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
     project({{wd, model_dim, 0}}, normed.data(), batch, ffn, xs, model_dim, true);
   }
   return residual;
+}
+
+// x (M, n) @ weight (out, n).T for a few rows, fp32 on CPU: the blocks' GEMV, for a step's other linears (the head).
+torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& weight) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "x must be a contiguous (M, n) fp32 tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, "weight must be (out, ", x.size(1), "), got ", weight.sizes());
+  const float* w = floats(weight, "weight", -1, {weight.size(0), x.size(1)});
+  auto y = torch::empty({x.size(0), weight.size(0)}, x.options());
+  project({{w, weight.size(0), 0}}, x.data_ptr<float>(), x.size(0), x.size(1), y.data_ptr<float>(), weight.size(0),
+          false);
+  return y;
 }
