@@ -24,7 +24,9 @@
 
 // The projections are GEMVs over weights that come from cache or memory: compiled twice, for AVX2 + FMA (8 floats a
 // lane, fused multiply-add) and for the baseline x86-64, and picked at load time by the CPU's features (GCC's
-// target_clones), so one build runs on any x86-64 machine and at full width where the CPU has it.
+// target_clones), so one build runs on any x86-64 machine and at full width where the CPU has it. The ISA level
+// x86-64-v3 (AVX2, FMA, ...) is tested by feature; "arch=haswell" would be tested by CPU model, and AMD parts with
+// AVX2 then ran the baseline clone.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PERKUNAS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
