@@ -82,7 +82,7 @@ class StepLinear:
         if self.gemv is not None and rows <= GEMV_MAX_ROWS and x.dtype == torch.float32:
             y = self.gemv(x.reshape(rows, x.shape[-1]).contiguous(), self.weight)
             return y.view(*x.shape[:-1], self.weight.shape[0])
-        if self.packed is not None and x.numel() > x.shape[-1]:
+        if self.packed is not None and rows > 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         if not self.wide or split_parts(self.weight) > 1:
             return cpu_linear(x, self.weight)

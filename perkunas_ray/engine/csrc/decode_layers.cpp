@@ -1,4 +1,5 @@
-// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (needs paged_decode_attention.cpp).
+// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (needs paged_decode_attention.cpp
+// and rms_norm.cpp before it in the unit).
 //
 // Why by hand: at one or a few decodes a step's cost is dispatch, not arithmetic. The eager forward
 // (decode_forward.py) runs ~25 tensor ops per block from Python (norms, three projections and their views,
@@ -102,20 +103,6 @@ void project(const std::vector<Projection>& projections, const float* x, int64_t
       first += p.rows;
     }
   });
-}
-
-// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight for `rows` rows of `dim` (out may be x).
-void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + r * dim;
-    float squares = 0.f;
-#pragma omp simd reduction(+ : squares)
-    for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
-    const float scale = 1.f / std::sqrt(squares / static_cast<float>(dim) + eps);
-    float* o = out + r * dim;
-#pragma omp simd
-    for (int64_t d = 0; d < dim; ++d) o[d] = row[d] * scale * weight[d];
-  }
 }
 
 // out[h] = x[h] * cos + roll(x[h], hd / 2) * sin for `heads` heads of `dim` (sin's first half negated).

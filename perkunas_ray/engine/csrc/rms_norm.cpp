@@ -11,6 +11,21 @@
 
 #include <cmath>
 
+// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight for `rows` rows of `dim` (out may be x); decode_layers.cpp
+// calls it too.
+void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * dim;
+    float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
+    const float scale = 1.f / std::sqrt(squares / static_cast<float>(dim) + eps);
+    float* o = out + r * dim;
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) o[d] = row[d] * scale * weight[d];
+  }
+}
+
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.is_contiguous() && x.dim() >= 1,
               "x must be a contiguous fp32 tensor");
@@ -25,16 +40,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   float* os = out.data_ptr<float>();
   const float eps_f = static_cast<float>(eps);
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* row = xs + r * dim;
-      float squares = 0.f;
-#pragma omp simd reduction(+ : squares)
-      for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
-      const float scale = 1.f / std::sqrt(squares / static_cast<float>(dim) + eps_f);
-      float* o = os + r * dim;
-#pragma omp simd
-      for (int64_t d = 0; d < dim; ++d) o[d] = row[d] * scale * w[d];
-    }
+    rms_norm_rows(xs + begin * dim, w, os + begin * dim, end - begin, dim, eps_f);
   });
   return out;
 }
