@@ -37,7 +37,8 @@ from perkunas_ray.model.decoder import DecoderLM
 
 # The serving loop runs steps on the torch thread for up to this long per hand-off from the event loop: one
 # executor round trip (a future, a wake-up of the loop, a GIL hand-over) per step cost ~0.1 ms of a 0.8 ms step at
-# one stream. Outputs still reach their streams after every step; an abort or a stats call waits at most this.
+# one stream. Outputs still reach their streams after every step (a first token ends the hand-off at once); an abort
+# or a stats call waits at most this.
 STEPS_PER_HANDOFF_S = 0.005
 
 logger = logging.getLogger("perkunas.engine")
@@ -106,6 +107,7 @@ class NativeEngine:
         self._pending_adds: list[RequestState] = []
         self._pending_aborts: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._sent_first_output = False  # a step handed some stream its first output (see _steps)
         self._num_finished = 0
         self._num_generated_tokens = 0
         self._num_failed = 0
@@ -191,6 +193,7 @@ class NativeEngine:
         finished = state.finished
         if state.sink is not None:
             loop, queue = state.sink
+            self._sent_first_output |= all(seq.num_emitted_tokens == 0 for seq in state.sequences)
             # A closed event loop raises RuntimeError: its consumer is gone, nobody needs the output.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, self.output_processor.make_output(state))
@@ -331,11 +334,14 @@ class NativeEngine:
             self._task = loop.create_task(self._step_loop())
 
     def _steps(self, budget_s: float) -> None:
-        """Step while there is work, for up to `budget_s` (at least one step)."""
+        """Step while there is work, for up to `budget_s` (at least one step), and no further than a step that gave
+        a stream its first output: while this thread steps it mostly holds the GIL, and the event loop must send
+        that token now, not coalesced with the next ones (TTFT)."""
         deadline = time.perf_counter() + budget_s
+        self._sent_first_output = False
         while self.has_unfinished():
             self.step()
-            if time.perf_counter() >= deadline:
+            if self._sent_first_output or time.perf_counter() >= deadline:
                 return
 
     async def _step_loop(self) -> None:
