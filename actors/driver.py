@@ -6,7 +6,7 @@
     PrefetchActor (reads versions ahead), CheckpointFlusherActor (active -> durable; the training gauges),
     RefBoardActor (where workers 1..N-1 find the current versions; not started for one worker)
 
-Rank 0 starts the helpers (build_actors) on the driver's node at every (re)start of the worker group; Ray Train restarts
+Rank 0 starts the helpers (actors/helpers.py) on the driver's node at every (re)start of the worker group; Ray Train restarts
 the group from the newest durable checkpoint when a worker or a helper dies (ray.max_failures times).
 """
 
@@ -19,41 +19,16 @@ from typing import Any
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.board import RefBoardActor
-from actors.flusher import CheckpointFlusherActor
-from actors.prefetch import PrefetchActor
-from actors.store import ShardStoreActor
 from actors.worker import train_worker
 from perkunas_ray.checkpoint.durable import is_uri
 from perkunas_ray.config import RunConfig as PerkunasConfig
 from perkunas_ray.config import to_dict
 from perkunas_ray.errors import PerkunasError
-from perkunas_ray.stream.actor_options import actor_options, worker_resources
-from perkunas_ray.stream.build import TrainRun, record_invocation
+from perkunas_ray.stream.actor_options import worker_resources
+from perkunas_ray.stream.build import TrainRun, training
 from perkunas_ray.stream.interface import ActorFailure, TrainResult
 from perkunas_ray.stream.run_result import launch_result
-
-
-def build_actors(run: TrainRun, node_id: str = "") -> dict[str, Any]:
-    """Apply Ray options here (the classes in actors/ stay plain); role -> actor handle. `node_id`: where the
-    helpers should live (the driver's node: the host tier stays on the CPU head, as before data parallelism)."""
-    cfg, paths = run.cfg, run.paths
-    placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True)} if node_id else {}
-
-    def start(cls: type, role: str, *args: Any) -> Any:
-        return ray.remote(cls).options(**actor_options(cfg, run.name, role), **placement).remote(*args)
-
-    actors = {
-        "shard_store": start(ShardStoreActor, "shard_store", cfg, str(run.checkpoint_dir)),
-        "prefetch": start(PrefetchActor, "prefetch", cfg.stream.prefetch_window),
-        "checkpoint_flusher": start(CheckpointFlusherActor, "checkpoint_flusher", paths.durable, str(paths.active),
-                                    cfg.checkpoint.keep_last_checkpoints, paths.mirrored_files, run.name),
-    }
-    if cfg.ray.num_workers > 1:  # every Ray process wakes 100 times a second: on a small machine, each one
-        actors["ref_board"] = start(RefBoardActor, "ref_board")  # more costs the compute threads ~1%
-    return actors
 
 
 def absolute_paths(cfg: PerkunasConfig) -> PerkunasConfig:
@@ -90,13 +65,11 @@ def train_on_ray(run: TrainRun, verbose: bool = True, max_steps: int | None = No
     launch_id = uuid.uuid4().hex
     job = {"cfg": to_dict(absolute_paths(run.cfg)), "run_name": run.name, "launch_id": launch_id,
            "target_step": target, "verbose": verbose, "helper_node_id": ray.get_runtime_context().get_node_id()}
-    try:
-        record_invocation(run)
-        torch_trainer(run, job, launch_id).fit()
-    except ray.train.TrainingFailedError as exc:
-        raise training_failure(exc, run) from exc
-    finally:
-        run.close()
+    with training(run):
+        try:
+            torch_trainer(run, job, launch_id).fit()
+        except ray.train.TrainingFailedError as exc:
+            raise training_failure(exc, run) from exc
     return launch_result(run.at_latest(), start_step)
 
 

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
 import ray.train
 import ray.train.torch
 import torch
 
-from perkunas_ray.config import RunConfig
+from actors.helpers import build_actors, find_actors
 from perkunas_ray.device import resolve_device
-from perkunas_ray.stream.actor_options import HELPER_ROLES, actor_name
 from perkunas_ray.stream.worker_process import prepare_worker_process
 from perkunas_ray.stream.worker_run import WorkerJob, run_worker
 
 
-def find_actors(cfg: RunConfig, run_name: str) -> dict[str, Any]:
-    """The run's helper actors alive now, by their names (role -> handle)."""
-    found = {}
-    for role in HELPER_ROLES:
-        try:
-            found[role] = ray.get_actor(actor_name(run_name, role), namespace=cfg.ray.namespace)
-        except ValueError:
-            continue
-    return found
-
-
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: `config` is a WorkerJob as a dict."""
-    from actors.driver import build_actors  # the driver module builds the helpers with their options
-
     job = WorkerJob(**config)
     prepare_worker_process(int(job.cfg["ray"]["compute_threads"]))
     context = ray.train.get_context()

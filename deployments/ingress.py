@@ -14,7 +14,7 @@ from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.api import create_app
 from perkunas_ray.kvserve.auth import TokenAuth, resolve_tokens
-from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.errors import APIError, overloaded, unavailable
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.registry import Registry
@@ -48,7 +48,7 @@ def _api_error(exc: Exception, retry_after_s: float) -> Exception:
     return exc
 
 
-class ServeBackend(Backend):
+class ServeBackend(ServingBackend):
     """Engine calls over DeploymentHandles; the prompt's token ids go as a keyword for the KV-aware router."""
 
     def __init__(self, registry: Registry, handles: dict[str, Any]) -> None:

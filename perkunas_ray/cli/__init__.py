@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from perkunas_ray.cli import (
+    bench,
+    chat,
+    dashboards,
+    eval,
+    export,
+    generate,
+    model_info,
+    plan,
+    prepare,
+    report,
+    serve,
+    sft,
+    train,
+    train_reference,
+    validate,
+)
 from perkunas_ray.errors import PerkunasError
 
-# Sub-modules of perkunas_ray.cli, in help order. Each defines register(subparsers) and sets func.
-SUBCOMMAND_MODULES = (
-    "prepare", "model_info", "plan", "train_reference", "train", "sft", "validate", "export", "generate", "chat",
-    "eval", "serve", "bench", "report", "dashboards",
-)
+# The subcommands, in help order. Each module defines register(subparsers), which sets func.
+SUBCOMMANDS = (prepare, model_info, plan, train_reference, train, sft, validate, export, generate, chat, eval, serve,
+               bench, report, dashboards)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perkunas", description="Memory-bounded LM training and KV-aware serving on Ray")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"perkunas_ray.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"perkunas_ray.cli.{name}":
-                continue  # that subcommand is not part of this build
-            raise
+    for module in SUBCOMMANDS:
         module.register(subparsers)
     return parser
 

@@ -32,11 +32,6 @@ class BlockPacker:
         self._num_pending = 0
         self.num_tokens_in = 0
 
-    @property
-    def num_pending_tokens(self) -> int:
-        """Tokens fed but not yet in a returned block (after `finish`, the dropped tail)."""
-        return self._num_pending
-
     def add(self, token_ids: np.ndarray) -> np.ndarray:
         """Feed tokens; return every block completed by them, shape (n, seq_len + 1), maybe n = 0."""
         token_ids = np.asarray(token_ids, dtype=self.dtype)

@@ -30,7 +30,7 @@ from perkunas_ray.data.packing import BlockPacker
 from perkunas_ray.data.publish import staged_data_dir
 from perkunas_ray.data.readers import DEFAULT_DELIMITER, DEFAULT_TEXT_COLUMN, ReaderOptions, iter_documents
 from perkunas_ray.data.resources import bundled_corpus_path
-from perkunas_ray.data.shards import ShardWriter
+from perkunas_ray.data.shards import TokenShardWriter
 from perkunas_ray.data.sources import MAX_HASHED_SOURCE_BYTES, SourceFile, file_sha256, resolve_sources
 from perkunas_ray.data.split import is_validation_document
 from perkunas_ray.data.tokenizer import (
@@ -226,7 +226,7 @@ def _tokenize_and_write(stream: _DocumentStream, tokenizer: Tokenizer, info: Tok
                         config: PrepareConfig, output_dir: Path, show_progress: bool) -> dict[str, SplitInfo]:
     splits = ("train", "val")
     packers = {s: BlockPacker(config.seq_len, dtype) for s in splits}
-    writers = {s: ShardWriter(output_dir, s, config.seq_len + 1, dtype, config.blocks_per_shard) for s in splits}
+    writers = {s: TokenShardWriter(output_dir, s, config.seq_len + 1, dtype, config.blocks_per_shard) for s in splits}
     num_tokens = dict.fromkeys(splits, 0)
 
     def flush(batch: dict[str, list[str]]) -> None:

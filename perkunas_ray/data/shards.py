@@ -27,7 +27,7 @@ def _save_npy(path: Path, blocks: np.ndarray) -> str:
     return digest
 
 
-class ShardWriter:
+class TokenShardWriter:
     """Collects blocks of one split and flushes a shard every `blocks_per_shard` blocks."""
 
     def __init__(self, output_dir: str | Path, split: str, block_len: int, dtype: np.dtype | type,

@@ -52,10 +52,6 @@ class BlockPool:
     def num_cached_free_blocks(self) -> int:
         return sum(1 for block_id in self._free if self.blocks[block_id].block_hash is not None)
 
-    def free_block_ids(self) -> list[int]:
-        """The free queue, front (next to evict) first."""
-        return list(self._free)
-
     def get_cached_block(self, block_hash: int) -> int | None:
         return self._hash_to_block_id.get(block_hash)
 

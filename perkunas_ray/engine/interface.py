@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from perkunas_ray.config import check, is_int
+from perkunas_ray.errors import ConfigError
 
 KV_DTYPES = ("model", "int8")
 PRUNING_MODES = ("none", "sink_window")
@@ -79,6 +80,16 @@ class SamplingParams:
               f"{prefix}.prompt_logprobs", "None or an integer in [0, 20]", self.prompt_logprobs)
         check(is_int(self.n) and self.n >= 1, f"{prefix}.n", "an integer >= 1", self.n)
         return self
+
+
+def params_per_prompt(params: SamplingParams | list[SamplingParams] | None, num_prompts: int) -> list[SamplingParams]:
+    """`generate`'s params, one per prompt (both engines take one for all or a list matching the prompts)."""
+    params = SamplingParams() if params is None else params
+    params_list = params if isinstance(params, list) else [params] * num_prompts
+    if len(params_list) != num_prompts:
+        raise ConfigError(f"params must be one SamplingParams or a list of one per prompt: got {len(params_list)} "
+                          f"SamplingParams for {num_prompts} prompts")
+    return params_list
 
 
 @dataclasses.dataclass

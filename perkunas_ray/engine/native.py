@@ -23,6 +23,7 @@ from perkunas_ray.engine.interface import (
     RequestFailedError,
     RequestOutput,
     SamplingParams,
+    params_per_prompt,
 )
 from perkunas_ray.engine.kv_cache_manager import KVCacheManager, cdiv
 from perkunas_ray.engine.kv_store import KVStore
@@ -285,10 +286,7 @@ class NativeEngine:
     def generate(self, prompts: list[str] | list[list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
         """Run a batch to completion in the calling thread; one finished RequestOutput per prompt."""
-        params = SamplingParams() if params is None else params
-        params_list = params if isinstance(params, list) else [params] * len(prompts)
-        if len(params_list) != len(prompts):
-            raise ConfigError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
+        params_list = params_per_prompt(params, len(prompts))
         states = [self._new_state(f"generate-{next(self._ids)}", p, sp, sink=None)
                   for p, sp in zip(prompts, params_list, strict=True)]
         for state in states:

@@ -17,6 +17,7 @@ from perkunas_ray.engine.interface import (
     KVPolicy,
     RequestOutput,
     SamplingParams,
+    params_per_prompt,
 )
 from perkunas_ray.errors import ConfigError, PerkunasError
 
@@ -157,10 +158,7 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str] | list[list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
-        params = SamplingParams() if params is None else params
-        params_list = params if isinstance(params, list) else [params] * len(prompts)
-        if len(params_list) != len(prompts):
-            raise ConfigError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
+        params_list = params_per_prompt(params, len(prompts))
 
         async def run_all() -> list[RequestOutput]:
             results: list[Any] = [None] * len(prompts)

@@ -63,12 +63,6 @@ def permute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, 2, out // n_head // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
-def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """The inverse of permute_qk."""
-    out = weight.shape[0]
-    return weight.reshape(n_head, out // n_head // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-
-
 def gguf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: str) -> dict[str, np.ndarray]:
     """GGUF name -> array; norms stay f32 as llama.cpp's converter keeps 1-D tensors."""
     arch = gguf_arch(cfg)

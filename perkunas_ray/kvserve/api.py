@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.auth import TokenAuth
-from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.body import validation_message
 from perkunas_ray.kvserve.errors import APIError, error_body, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
@@ -28,7 +28,7 @@ logger = logging.getLogger("perkunas.kvserve")
 PLAYGROUND = Path(__file__).with_name("playground")
 
 
-def create_app(backend: Backend, auth: TokenAuth, *, max_body_bytes: int = 1 << 20,
+def create_app(backend: ServingBackend, auth: TokenAuth, *, max_body_bytes: int = 1 << 20,
                metrics: RequestMetrics | None = None) -> FastAPI:
     metrics = metrics or RequestMetrics(enabled=False)
     # The OpenAPI schema is served (clients and the fuzz tests read it); the interactive docs stay off.

@@ -1,6 +1,6 @@
 """What the HTTP app talks to: per-model frontends (tokenizer, limits, template) and streams of `OutputDelta`s.
 
-`LocalBackend` runs `EngineService`s in-process (tests, tools); the Serve ingress implements the same
+`LocalServingBackend` runs `EngineService`s in-process (tests, tools); the Serve ingress implements the same
 methods over deployment handles (deployments/ingress.py).
 """
 
@@ -51,7 +51,7 @@ class ModelFrontend:
         return self.chat_encoder.encode(pieces)
 
 
-class Backend:
+class ServingBackend:
     """Frontends cached per model; subclasses fetch engine info and stream requests."""
 
     def __init__(self, registry: Registry) -> None:
@@ -111,7 +111,7 @@ class Backend:
         raise NotImplementedError
 
 
-class LocalBackend(Backend):
+class LocalServingBackend(ServingBackend):
     """Engines in this process (one EngineService per model)."""
 
     def __init__(self, registry: Registry, services: dict[str, EngineService]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from perkunas_ray.engine.interface import SamplingParams
-from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.errors import APIError, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.replies import DONE, Accumulator, Reply, sse
@@ -51,7 +51,7 @@ async def _close(deltas: AsyncIterator[Any]) -> None:
         await asyncio.shield(aclose())
 
 
-async def generate(backend: Backend, metrics: RequestMetrics, reply: Reply, req: Any, token_ids: list[int],
+async def generate(backend: ServingBackend, metrics: RequestMetrics, reply: Reply, req: Any, token_ids: list[int],
                    params: SamplingParams) -> Any:
     """The whole response (`req.stream` false), else a StreamingResponse of SSE events."""
     model = reply.model

@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader
 
 from perkunas_ray.kvserve import convert
 from perkunas_ray.kvserve.auth import TokenAuth
-from perkunas_ray.kvserve.backend import Backend
+from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.body import parse, read_json
 from perkunas_ray.kvserve.errors import APIError, unauthorized
 from perkunas_ray.kvserve.generation import generate
@@ -43,7 +43,7 @@ from perkunas_ray.kvserve.unsupported import check_supported
 class AppState:
     """What the routes share, kept on `app.state.kvserve`."""
 
-    backend: Backend
+    backend: ServingBackend
     auth: TokenAuth
     metrics: RequestMetrics
     max_body_bytes: int

@@ -51,7 +51,7 @@ class KVEventMirror:
 
 
 class PrefixIndex:
-    """Router side: per replica, the confirmed cached hashes (from snapshots or events) plus optimistic ones."""
+    """Router side: per replica, the confirmed cached hashes (from the replica's snapshots) plus optimistic ones."""
 
     def __init__(self, optimistic_ttl_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.optimistic_ttl_s = optimistic_ttl_s
@@ -71,21 +71,6 @@ class PrefixIndex:
         if seq is not None:
             self._seq[replica_id] = seq
         return True
-
-    def apply_events(self, replica_id: str, events: Iterable[KVEvent]) -> None:
-        """Apply KV events directly (stored / removed / cleared); removals also drop optimistic entries."""
-        confirmed = self._confirmed.setdefault(replica_id, set())
-        optimistic = self._optimistic.get(replica_id, {})
-        for event in events:
-            if event.kind == "stored":
-                confirmed.update(event.block_hashes)
-            elif event.kind == "removed":
-                confirmed.difference_update(event.block_hashes)
-                for h in event.block_hashes:
-                    optimistic.pop(h, None)
-            elif event.kind == "cleared":
-                confirmed.clear()
-                optimistic.clear()
 
     def note_routed(self, replica_id: str, hashes: Sequence[int]) -> None:
         """Count a just-routed prompt's blocks as cached on that replica until the TTL runs out."""

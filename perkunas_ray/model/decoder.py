@@ -113,19 +113,6 @@ class DecoderLM(nn.Module):
         return h @ self.head_weight.t()
 
     @torch.no_grad()
-    def generate_greedy(self, input_ids: torch.Tensor, max_new_tokens: int,
-                        eos_token_id: int | None = None) -> list[int]:
-        """Reference KV-cache greedy loop for one prompt (1, T); returns the new token ids."""
-        cache = KVCache(self.config.n_layers)
-        logits = self.logits(input_ids, cache)[:, -1]
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(logits.argmax(-1))
-            out.append(token)
-            if token == eos_token_id:
-                break
-            logits = self.logits(torch.tensor([[token]], device=input_ids.device), cache)[:, -1]
-        return out
 
 
 def build_model(cfg: ModelConfig, seed: int | None = None, device: str | torch.device = "cpu") -> DecoderLM:

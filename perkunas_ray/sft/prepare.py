@@ -18,7 +18,7 @@ import numpy as np
 
 from perkunas_ray.data.manifest import DataManifest, SourceInfo, SplitInfo, write_manifest
 from perkunas_ray.data.publish import staged_data_dir
-from perkunas_ray.data.shards import ShardWriter
+from perkunas_ray.data.shards import TokenShardWriter
 from perkunas_ray.data.sources import file_sha256
 from perkunas_ray.data.tokenizer import TOKENIZER_FILE_NAME, describe_tokenizer, load_tokenizer
 from perkunas_ray.errors import ConfigError, DataError
@@ -68,7 +68,7 @@ def prepare_sft(sources: list[str | Path], tokenizer_file: str | Path, output_di
     splits: dict[str, SplitInfo] = {}
     with staged_data_dir(Path(output_dir)) as staging:
         for split, chosen in _split(records, val_fraction, seed).items():
-            writer = ShardWriter(staging, split, block_len, np.int32, BLOCKS_PER_SHARD)
+            writer = TokenShardWriter(staging, split, block_len, np.int32, BLOCKS_PER_SHARD)
             tokens = trained_tokens = too_long = dropped_tokens = 0
             kept: list[SftRecord] = []
             for record in chosen:

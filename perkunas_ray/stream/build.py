@@ -7,10 +7,12 @@ or the Ray actors' one, which the entry points take from actors/ (the core never
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,21 @@ class TrainRun:
         return dataclasses.replace(self, checkpoint_dir=ckpt, state=state)
 
     def loop(self, backend: Backend, verbose: bool = True) -> TrainLoop:
-        return TrainLoop(self.cfg, backend, self.train_data, self.val_data, self.paths.log_dir, self.state,
-                         verbose=verbose)
+        return train_loop(self.cfg, backend, self.train_data, self.val_data, self.paths.log_dir, self.state, verbose)
 
 
 BackendFactory = Callable[[TrainRun], Backend]
+
+
+def train_loop(cfg: RunConfig, backend: Backend, train_data: PackedTokenDataset,
+               val_data: PackedTokenDataset | None, log_dir: Path, state: dict[str, Any], verbose: bool = True,
+               num_workers: int = 1) -> TrainLoop:
+    """The one place a TrainLoop is made. With `num_workers` data-parallel workers the loop draws every
+    worker's micro-batches (the global batch: num_workers x accumulation); the backend computes its slice."""
+    if num_workers > 1:
+        cfg = copy.deepcopy(cfg)
+        cfg.train.gradient_accumulation_steps *= num_workers
+    return TrainLoop(cfg, backend, train_data, val_data, log_dir, state, verbose=verbose)
 
 
 def run_name(durable: str) -> str:
@@ -130,19 +142,26 @@ def record_invocation(run: TrainRun) -> None:
         seed_run_dir(local, run.cfg, run.train_data)
 
 
-def train(run: TrainRun, make_backend: BackendFactory, verbose: bool = True,
-          max_steps: int | None = None) -> TrainResult:
-    """Record this invocation's effective config in the run dir, then train on the backend `make_backend` builds;
-    the run dir is released when training ends."""
+@contextlib.contextmanager
+def training(run: TrainRun) -> Iterator[None]:
+    """Around any backend's training of `run`: record this invocation's effective config in the run dir first,
+    release the run dir when training ends (however it ends)."""
     try:
         record_invocation(run)
+        yield
+    finally:
+        run.close()
+
+
+def train(run: TrainRun, make_backend: BackendFactory, verbose: bool = True,
+          max_steps: int | None = None) -> TrainResult:
+    """Train in this process on the backend `make_backend` builds (Ray's driver: actors.driver.train_on_ray)."""
+    with training(run):
         backend = make_backend(run)
         try:
             return run.loop(backend, verbose).run(max_steps)
         finally:
             backend.close()
-    finally:
-        run.close()
 
 
 def validate(run: TrainRun) -> tuple[float, int]:

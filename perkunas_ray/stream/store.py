@@ -36,7 +36,7 @@ from perkunas_ray.stream.optimizers import (
     optimizer_state_tensors,
     set_lr,
 )
-from perkunas_ray.stream.writer import ShardWriter
+from perkunas_ray.stream.writer import WriteBehind
 
 
 def init_shard(cfg: RunConfig, name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -71,7 +71,7 @@ class ShardStore:
         self.versions = dict.fromkeys(self.names, 0)
         self.grads: dict[str, dict[str, torch.Tensor]] = {}
         self.snapshots: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
-        self.writer = ShardWriter(cfg.stream.max_pending_shard_writes, cfg.stream.async_shard_writes)
+        self.writer = WriteBehind(cfg.stream.max_pending_shard_writes, cfg.stream.async_shard_writes)
         self.update_s = 0.0
 
     @classmethod

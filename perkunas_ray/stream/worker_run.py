@@ -10,7 +10,6 @@ run's log; the others log to a scratch dir.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import sys
@@ -24,7 +23,7 @@ import torch.distributed as dist
 
 from perkunas_ray.config import RunConfig
 from perkunas_ray.run_setup import open_datasets
-from perkunas_ray.stream.build import TrainRun, clean_crashed_writes, open_run
+from perkunas_ray.stream.build import TrainRun, clean_crashed_writes, open_run, train_loop
 from perkunas_ray.stream.grad_reduce import gather_rows
 from perkunas_ray.stream.loop import TrainLoop
 from perkunas_ray.stream.ray_backend import RayBackend, end_actors
@@ -88,14 +87,12 @@ def run_worker(job: WorkerJob, rank: int, world: int, device: torch.device, star
         actors = find_actors(cfg, job.run_name)
     backend = RayBackend(cfg, actors, paths, int(state["step"]), job.run_name, device, rank, world)
     pids = [int(row[0]) for row in gather_rows([float(os.getpid())], device)]
-    loop_cfg = copy.deepcopy(cfg)  # the loop draws every worker's micro-batches: the global batch
-    loop_cfg.train.gradient_accumulation_steps *= world
     with tempfile.TemporaryDirectory(prefix=f"perkunas-worker{rank}-") as scratch:
         log_dir = paths.log_dir if rank == 0 else Path(scratch)
         attempt = attempt_number(log_dir / TRAIN_LOG, job.launch_id) if rank == 0 else 0
         try:
-            loop = TrainLoop(loop_cfg, backend, train_data, val_data, log_dir, state,
-                             verbose=job.verbose and rank == 0)
+            loop = train_loop(cfg, backend, train_data, val_data, log_dir, state, job.verbose and rank == 0,
+                              num_workers=world)
             if rank == 0:
                 log_start(loop, cfg, job, attempt, pids)
             loop.run(max(0, job.target_step - loop.step))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 
-class ShardWriter:
+class WriteBehind:
     """Runs write jobs in submission order on one thread; `submit` blocks while `max_pending` are queued.
 
     With `asynchronous=False` every job runs inline (the caller waits for the disk).

@@ -50,7 +50,7 @@ class Panel:
 
 
 @dataclass(frozen=True)
-class Row:
+class PanelRow:
     title: str
     panels: tuple[Panel, ...]
 
@@ -68,7 +68,7 @@ class DashboardSpec:
     uid: str
     title: str
     description: str
-    rows: tuple[Row, ...]
+    rows: tuple[PanelRow, ...]
     variables: tuple[Variable, ...] = field(default_factory=tuple)
 
 
@@ -95,7 +95,7 @@ def training_spec() -> DashboardSpec:
     seconds = [("wait_s", "wait"), ("forward_s", "forward"), ("backward_s", "backward"),
                ("update_s", "update"), ("write_s", "write")]
     rows = (
-        Row("Loss", (
+        PanelRow("Loss", (
             Panel("Train and validation loss", "none", (
                 Target(_t("loss"), "train {{run}}"), Target(val, "validation {{run}}")),
                 "Mean cross-entropy of the last optimizer step, and the last validation loss."),
@@ -103,7 +103,7 @@ def training_spec() -> DashboardSpec:
                 Target(f"exp({_t('loss')})", "train {{run}}"), Target(f"exp({val})", "validation {{run}}")),
                 "exp(loss).", log_scale=True),
         )),
-        Row("Optimizer", (
+        PanelRow("Optimizer", (
             Panel("Learning rate", "none", (Target(_t("lr"), "{{run}}"),),
                   "Learning rate applied at the last step (after the schedule)."),
             Panel("Accepted guard scale", "percentunit", (Target(_t("guard_scale"), "{{run}}"),),
@@ -116,7 +116,7 @@ def training_spec() -> DashboardSpec:
             Panel("Clip scale", "percentunit", (Target(_t("clip_scale"), "{{run}}"),),
                   "Factor applied by gradient clipping (100% = not clipped).", min_value=0),
         )),
-        Row("Throughput and step timing", (
+        PanelRow("Throughput and step timing", (
             Panel("Throughput", TOKENS_PER_S, (Target(_t("tokens_per_s"), "{{run}}"),),
                   "Training tokens per second of the last step.", min_value=0),
             Panel("Step time", "s", (Target(_t("step_time_s"), "{{run}}"),),
@@ -129,7 +129,7 @@ def training_spec() -> DashboardSpec:
                 Target(_t("step"), "step {{run}}"), Target(_t("tokens_seen"), "tokens {{run}}")),
                 "Optimizer steps done and training tokens consumed.", log_scale=True),
         )),
-        Row("Shard residency and prefetch", (
+        PanelRow("Shard residency and prefetch", (
             Panel("Resident shards", "none", (Target(_t("resident_shards"), "{{run}}"),),
                   "Stream shards resident on the compute device.", min_value=0),
             Panel("Prefetch hits and misses", "none", (
@@ -147,7 +147,7 @@ def training_spec() -> DashboardSpec:
                 Target(_t("last_flushed_step"), "last flushed step {{run}}")),
                 "Steps since the last durable flush, and the step it published.", min_value=0),
         )),
-        Row("Data-parallel workers", (
+        PanelRow("Data-parallel workers", (
             Panel("Throughput per worker", TOKENS_PER_S, (Target(_w("tokens_per_s"), "worker {{worker}} {{run}}"),),
                   "Tokens per second each worker computed in the last step (its slice of the global batch).",
                   min_value=0),
@@ -157,7 +157,7 @@ def training_spec() -> DashboardSpec:
                 "Seconds of the last step each worker spent on gradient sums not hidden behind the replay, "
                 "waiting for shards, and in all.", min_value=0),
         )),
-        Row("Memory", (
+        PanelRow("Memory", (
             Panel("Memory", "bytes", (
                 Target(_t("peak_bytes"), "peak {{run}}"), Target(_t("rss_bytes"), "RSS {{run}}"),
                 Target(_t("resident_bytes"), "resident shards {{run}}")),
@@ -197,7 +197,7 @@ def serving_spec() -> DashboardSpec:
     used = f"sum by (model, replica) ({ray_name(mn.SERVE_KV_BLOCKS_USED)}{MODEL_SEL})"
     free = f"sum by (model, replica) ({ray_name(mn.SERVE_KV_BLOCKS_FREE)}{MODEL_SEL})"
     rows = (
-        Row("Requests", (
+        PanelRow("Requests", (
             Panel("Requests per second", "reqps", (Target(
                 f"sum by (route, status) (rate({requests}{req_sel}[$__rate_interval]))", "{{route}} {{status}}"),),
                 "HTTP requests answered by the ingress, by route and status.", min_value=0),
@@ -213,7 +213,7 @@ def serving_spec() -> DashboardSpec:
                 f"{ray_name(mn.SERVE_QUEUE_LENGTH)}{MODEL_SEL}", "{{model}} {{replica}}"),),
                 "Requests waiting in each engine replica's scheduler.", min_value=0),
         )),
-        Row("Latency", (
+        PanelRow("Latency", (
             Panel("Time to first token", "s", _quantiles(mn.SERVE_TTFT),
                   "From request arrival to the first generated token.", min_value=0),
             Panel("Inter-token latency", "s", _quantiles(mn.SERVE_ITL),
@@ -221,13 +221,13 @@ def serving_spec() -> DashboardSpec:
             Panel("End-to-end latency", "s", _quantiles(mn.SERVE_E2E),
                   "From request arrival to the last token.", min_value=0),
         )),
-        Row("Tokens", (
+        PanelRow("Tokens", (
             Panel("Token throughput", TOKENS_PER_S, (
                 Target(f"sum by (model) ({_rate(mn.SERVE_PROMPT_TOKENS)})", "prompt {{model}}"),
                 Target(f"sum by (model) ({_rate(mn.SERVE_GENERATION_TOKENS)})", "generation {{model}}")),
                 "Prompt tokens processed and tokens generated per second.", min_value=0),
         )),
-        Row("KV cache", (
+        PanelRow("KV cache", (
             Panel("KV blocks used and free", "none", (
                 Target(f"{ray_name(mn.SERVE_KV_BLOCKS_USED)}{MODEL_SEL}", "used {{model}} {{replica}}"),
                 Target(f"{ray_name(mn.SERVE_KV_BLOCKS_FREE)}{MODEL_SEL}", "free {{model}} {{replica}}")),
@@ -337,26 +337,3 @@ def dashboard_json(spec: DashboardSpec) -> dict[str, Any]:
 def all_dashboards() -> dict[str, dict[str, Any]]:
     """File name under dashboards/ -> dashboard JSON."""
     return {"training.json": dashboard_json(training_spec()), "serving.json": dashboard_json(serving_spec())}
-
-
-def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) for every query target of a dashboard."""
-    out = []
-    for panel in dashboard.get("panels", []):
-        for sub in [panel, *panel.get("panels", [])]:
-            for target in sub.get("targets", []):
-                if target.get("expr"):
-                    out.append((sub["title"], target["expr"]))
-    return out
-
-
-# Values a test (or a person at the Prometheus console) substitutes for Grafana's variables.
-DEFAULT_VARIABLE_VALUES = {"$__rate_interval": "1m", "$SessionName": ".*", "$run": ".*", "$model": ".*"}
-
-
-def expand_variables(expr: str, values: dict[str, str] | None = None) -> str:
-    """Replace Grafana template variables in a query so plain Prometheus can evaluate it."""
-    values = {**DEFAULT_VARIABLE_VALUES, **(values or {})}
-    for key in sorted(values, key=len, reverse=True):  # $__rate_interval before shorter names
-        expr = expr.replace(key, values[key])
-    return expr

@@ -15,6 +15,7 @@ from perkunas_ray.engine.toy import toy_tokenizer
 from perkunas_ray.model import build_model
 from perkunas_ray.reference import ReferenceTrainer
 from tests.conftest import tiny_config
+from tests.model_helpers import generate_greedy
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -39,5 +40,5 @@ def test_native_engine_greedy_on_cuda_equals_reference_loop() -> None:
     outs = engine_cuda.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
     reference = build_model(cfg, seed=1).to("cuda").eval()
     for prompt, out in zip(prompts, outs, strict=True):
-        expected = reference.generate_greedy(torch.tensor([prompt], device="cuda"), 12)
+        expected = generate_greedy(reference, torch.tensor([prompt], device="cuda"), 12)
         assert out.outputs[0].token_ids == expected

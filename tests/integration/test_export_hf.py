@@ -17,6 +17,7 @@ from perkunas_ray.export import export_hf, load_hf_package
 from perkunas_ray.export.manifest import EXPORT_MANIFEST, read_export_manifest
 from perkunas_ray.model.decoder import DecoderLM
 from perkunas_ray.model_source import load_inference_model
+from tests.model_helpers import generate_greedy
 from tests.unit.test_export_fixtures import (
     PROMPTS,
     load_our_model,
@@ -89,7 +90,7 @@ def test_transformers_greedy_generation_matches_ours(exported):
     tok = tiny_tokenizer()
     for prompt in PROMPTS:
         ids = torch.tensor([tok.encode(prompt).ids])
-        expected = ours.generate_greedy(ids, 20)
+        expected = generate_greedy(ours, ids, 20)
         got = theirs.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=1)[0, ids.shape[1]:].tolist()
         assert got == expected, prompt
 

@@ -14,6 +14,7 @@ import torch
 
 from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.export import export_gguf, export_ollama
+from tests.model_helpers import generate_greedy
 from tests.unit.test_export_fixtures import (
     PROMPTS,
     load_our_model,
@@ -87,7 +88,7 @@ def test_llama_cpp_greedy_continuation_matches_ours(exported):
     eos = tok.token_to_id("<|endoftext|>")
     for prompt in PROMPTS:
         ids = tok.encode(prompt).ids
-        expected = ours.generate_greedy(torch.tensor([ids]), 20, eos_token_id=eos)
+        expected = generate_greedy(ours, torch.tensor([ids]), 20, eos_token_id=eos)
         got: list[int] = []
         for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
             got.append(int(token))

@@ -26,9 +26,10 @@ import pytest
 
 from perkunas_ray.cli import main as cli_main
 from perkunas_ray.stream.build import run_name
-from perkunas_ray.telemetry.dashboard_panels import all_dashboards, expand_variables, panel_queries
+from perkunas_ray.telemetry.dashboard_panels import all_dashboards
 from perkunas_ray.telemetry.report import build_charts, load_run
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
+from tests.dashboard_helpers import expand_variables, panel_queries
 
 pytestmark = pytest.mark.integration
 

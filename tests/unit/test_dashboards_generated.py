@@ -10,18 +10,14 @@ import yaml
 
 from perkunas_ray.cli import main
 from perkunas_ray.telemetry import metric_names as mn
-from perkunas_ray.telemetry.dashboard_panels import (
-    DEFAULT_VARIABLE_VALUES,
-    all_dashboards,
-    expand_variables,
-    panel_queries,
-)
+from perkunas_ray.telemetry.dashboard_panels import all_dashboards
 from perkunas_ray.telemetry.dashboards import (
     DEFAULT_SD_FILE,
     prometheus_config,
     stale_files,
     write_dashboards,
 )
+from tests.dashboard_helpers import DEFAULT_VARIABLE_VALUES, expand_variables, panel_queries
 
 pytestmark = pytest.mark.unit
 

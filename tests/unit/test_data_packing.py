@@ -9,7 +9,7 @@ import pytest
 
 from perkunas_ray.data.dtypes import choose_token_dtype
 from perkunas_ray.data.packing import BlockPacker, pack_blocks
-from perkunas_ray.data.shards import ShardWriter, shard_file_name
+from perkunas_ray.data.shards import TokenShardWriter, shard_file_name
 from perkunas_ray.data.sources import file_sha256
 from perkunas_ray.errors import ConfigError, DataError
 
@@ -60,7 +60,7 @@ def test_choose_token_dtype_rejects(vocab_size: int) -> None:
 
 
 def test_shard_writer_splits_by_block_count(tmp_path: Path) -> None:
-    writer = ShardWriter(tmp_path, "train", block_len=3, dtype=np.uint16, blocks_per_shard=2)
+    writer = TokenShardWriter(tmp_path, "train", block_len=3, dtype=np.uint16, blocks_per_shard=2)
     blocks = np.arange(15).reshape(5, 3)
     writer.add(blocks[:1])
     writer.add(blocks[1:4])
@@ -75,4 +75,4 @@ def test_shard_writer_splits_by_block_count(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
     assert shard_file_name("val", 12) == "val_00012.npy"
     with pytest.raises(ConfigError, match="blocks_per_shard"):
-        ShardWriter(tmp_path, "train", block_len=3, dtype=np.uint16, blocks_per_shard=0)
+        TokenShardWriter(tmp_path, "train", block_len=3, dtype=np.uint16, blocks_per_shard=0)

@@ -15,6 +15,11 @@ from perkunas_ray.errors import ConfigError
 pytestmark = pytest.mark.unit
 
 
+
+def free_block_ids(pool: BlockPool) -> list[int]:
+    """The pool's free queue, front (next to evict) first."""
+    return list(pool._free)
+
 def refs(pool: BlockPool) -> list[int]:
     return [b.ref_count for b in pool.blocks]
 
@@ -42,7 +47,7 @@ def test_block_pool_allocates_front_frees_to_back_and_evicts_lru() -> None:
     assert pool.drain_events()[0].block_hashes == [100, 101]
     pool.free([1])
     pool.free([0])
-    assert pool.free_block_ids() == [2, 3, 1, 0]
+    assert free_block_ids(pool) == [2, 3, 1, 0]
     assert pool.num_cached_free_blocks == 2
     # Uncached blocks first, then the cached block released longest ago.
     assert pool.allocate(3) == [2, 3, 1]
@@ -78,9 +83,9 @@ def test_prefix_hits_share_blocks_and_frees_go_tail_first() -> None:
 
     kv.free(a)
     assert refs(pool) == [1, 1, 0, 1, 0, 0, 0, 0]
-    assert pool.free_block_ids() == [4, 5, 6, 7, 2]
+    assert free_block_ids(pool) == [4, 5, 6, 7, 2]
     kv.free(b)
-    assert pool.free_block_ids() == [4, 5, 6, 7, 2, 3, 1, 0]  # b's tail first: its prefix is evicted last
+    assert free_block_ids(pool) == [4, 5, 6, 7, 2, 3, 1, 0]  # b's tail first: its prefix is evicted last
     assert pool.num_cached_free_blocks == 2
 
     # A third request revives the cached prefix out of the free queue.
@@ -89,7 +94,7 @@ def test_prefix_hits_share_blocks_and_frees_go_tail_first() -> None:
     assert (hit_ids, num_hit) == ([0, 1], 8)
     assert kv.allocate_slots(c, 1, hit_ids) == [4]
     assert refs(pool)[:5] == [1, 1, 0, 0, 1]
-    assert pool.free_block_ids() == [5, 6, 7, 2, 3]
+    assert free_block_ids(pool) == [5, 6, 7, 2, 3]
 
 
 def test_full_prompt_hit_leaves_one_token_to_compute() -> None:
@@ -111,7 +116,7 @@ def test_allocation_failure_changes_nothing_and_counts_revived_blocks() -> None:
     assert hit_ids == [0, 1]
     assert kv.allocate_slots(b, 10, hit_ids) is None  # 3 new + 2 revived > 3 free
     assert refs(kv.block_pool) == [0, 0, 0] and kv.block_ids("b") == []
-    assert kv.block_pool.free_block_ids() == [2, 1, 0]
+    assert free_block_ids(kv.block_pool) == [2, 1, 0]
 
 
 def test_prefix_caching_off_caches_nothing() -> None:
@@ -187,7 +192,7 @@ def test_scheduler_preempts_latest_by_recompute_and_reuses_its_cached_prefix() -
     assert [s.request.request_id for s in out.scheduled] == ["r1"] and list(sched.waiting) == [r2]
     _sample(sched, out)
     sched.finish_request("r1", RequestStatus.FINISHED_STOPPED)
-    assert kv.block_pool.free_block_ids() == [2, 3, 1, 0]
+    assert free_block_ids(kv.block_pool) == [2, 3, 1, 0]
     out = sched.schedule()  # recompute r2: its first block is a prefix hit, the rest is new
     assert [(s.request.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_ids)
             for s in out.scheduled] == [("r2", 4, 5, [2, 3, 1])]

@@ -15,6 +15,7 @@ from perkunas_ray.engine import KVPolicy, SamplingParams
 from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
 from perkunas_ray.errors import ConfigError, PerkunasError
+from tests.model_helpers import generate_greedy
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -36,7 +37,7 @@ def test_from_path_loads_a_run_dir(run_dir: Path) -> None:
     engine = NativeEngine.from_path(run_dir, KVPolicy(block_size=8))
     prompt = engine.tokenizer.encode("Once upon a time").ids
     out = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0))[0]
-    assert out.outputs[0].token_ids == engine.model.generate_greedy(torch.tensor([prompt]), 6, engine.eos_token_id)
+    assert out.outputs[0].token_ids == generate_greedy(engine.model, torch.tensor([prompt]), 6, engine.eos_token_id)
     assert engine.chat_template and engine.name == run_dir.name and engine.eos_token_id == 0
 
 

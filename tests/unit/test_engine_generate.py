@@ -1,4 +1,4 @@
-"""The engine's greedy output equals DecoderLM.generate_greedy token for token, under every KV policy
+"""The engine's greedy output equals the reference greedy loop (tests/model_helpers.py) token for token, under every KV policy
 that should not change it (prefix caching on/off, chunked prefill, preemption), for GQA, QK-norm and
 soft-cap models; int8 KV agrees on top-1; sink+window pruning bounds KV memory.
 """
@@ -15,6 +15,7 @@ from perkunas_ray.engine import KVPolicy, SamplingParams
 from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.toy import sample_lines, toy_tokenizer
 from perkunas_ray.model.decoder import build_model
+from tests.model_helpers import generate_greedy
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -48,7 +49,7 @@ def prompts(tokenizer: Any) -> list[list[int]]:
 
 
 def reference(model: Any, prompts: list[list[int]], max_tokens: int = MAX_TOKENS, eos: int = 0) -> list[list[int]]:
-    return [model.generate_greedy(torch.tensor([p]), max_tokens, eos_token_id=eos) for p in prompts]
+    return [generate_greedy(model, torch.tensor([p]), max_tokens, eos_token_id=eos) for p in prompts]
 
 
 def assert_no_blocks_leaked(engine: NativeEngine) -> None:

@@ -12,7 +12,7 @@ import torch
 from perkunas_ray.checkpoint.format import latest_checkpoint, load_model_state
 from perkunas_ray.cli import main
 from perkunas_ray.export import export_gguf, export_ollama
-from perkunas_ray.export.gguf_export import gguf_tensor_name, permute_qk, unpermute_qk
+from perkunas_ray.export.gguf_export import gguf_tensor_name, permute_qk
 from perkunas_ray.export.manifest import read_export_manifest
 from tests.unit.test_export_fixtures import make_run_dir, tiny_export_config, tiny_tokenizer
 
@@ -24,6 +24,12 @@ CASES = {
     "qwen3-qknorm": dict(n_kv_heads=2, qk_norm=True, tie_embeddings=False),
 }
 
+
+
+def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of permute_qk (how llama.cpp's GGUF-to-HF conversion reads the q/k rows back)."""
+    out = weight.shape[0]
+    return weight.reshape(n_head, out // n_head // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 def _field(reader: gguf.GGUFReader, key: str):
     return reader.fields[key].contents()

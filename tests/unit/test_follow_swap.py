@@ -101,10 +101,10 @@ def test_poll_advances_the_model_card_step(run_dir) -> None:
 
     from perkunas_ray.kvserve.api import create_app
     from perkunas_ray.kvserve.auth import TokenAuth
-    from perkunas_ray.kvserve.backend import LocalBackend
+    from perkunas_ray.kvserve.backend import LocalServingBackend
 
     service = _service(run_dir, follow_poll_s=0.05)
-    backend = LocalBackend(service_registry(run_dir), {"tiny": service})
+    backend = LocalServingBackend(service_registry(run_dir), {"tiny": service})
     with TestClient(create_app(backend, TokenAuth({"unit": "unit-token"}))) as client:
         card = client.get("/v1/models/tiny", headers=H).json()
         assert card["step"] == 1 and card["follow"] is True

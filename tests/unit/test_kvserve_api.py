@@ -22,7 +22,7 @@ def served(tmp_path_factory):
 
     from perkunas_ray.kvserve.api import create_app
     from perkunas_ray.kvserve.auth import TokenAuth
-    from perkunas_ray.kvserve.backend import LocalBackend
+    from perkunas_ray.kvserve.backend import LocalServingBackend
     from perkunas_ray.kvserve.registry import single_model_registry
     from perkunas_ray.kvserve.service import EngineService
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
@@ -30,7 +30,7 @@ def served(tmp_path_factory):
     run = make_tiny_run_dir(tmp_path_factory.mktemp("kvserve") / "tiny")
     registry = single_model_registry(run, kv_policy={"num_blocks": 64})
     service = EngineService(registry.models["tiny"], metrics=False)
-    backend = LocalBackend(registry, {"tiny": service})
+    backend = LocalServingBackend(registry, {"tiny": service})
     app = create_app(backend, TokenAuth({"unit": TOKEN}), max_body_bytes=4096)
     with TestClient(app) as client:
         yield client, service, backend

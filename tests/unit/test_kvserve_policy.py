@@ -21,16 +21,26 @@ class Clock:
         return self.now
 
 
+def confirm(index: PrefixIndex, replica_id: str, events: list[KVEvent], mirror: KVEventMirror | None = None) -> None:
+    """The product's path from a replica's KV events to the router: its mirror, then the mirror's snapshot."""
+    mirror = mirror or KVEventMirror()
+    mirror.apply(events)
+    snapshot = mirror.snapshot()
+    index.update_snapshot(replica_id, snapshot["kv_hashes"], snapshot["kv_seq"])
+
+
 def test_events_store_and_evict() -> None:
-    index = PrefixIndex()
+    index, mirror = PrefixIndex(), KVEventMirror()
     hashes = block_hashes(list(range(64)), 16)
-    index.apply_events("a", [KVEvent("stored", hashes)])
+    confirm(index, "a", [KVEvent("stored", hashes)], mirror)
     assert index.match("a", hashes) == 4
     assert index.match("b", hashes) == 0
-    index.apply_events("a", [KVEvent("removed", [hashes[2]])])
+    confirm(index, "a", [KVEvent("removed", [hashes[2]])], mirror)
     assert index.match("a", hashes) == 2  # chained: a missing middle block ends the match
-    index.apply_events("a", [KVEvent("cleared", [])])
+    confirm(index, "a", [KVEvent("cleared", [])], mirror)
     assert index.match("a", hashes) == 0
+    with pytest.raises(ValueError, match="unknown KV event kind"):
+        mirror.apply([KVEvent("moved", [])])
 
 
 def test_snapshot_replaces_and_ignores_stale() -> None:
@@ -52,9 +62,6 @@ def test_optimistic_entries_expire() -> None:
     assert index.match("a", [7, 8, 9]) == 2
     clock.now += 2.5
     assert index.match("a", [7, 8, 9]) == 0
-    index.note_routed("a", [7])
-    index.apply_events("a", [KVEvent("removed", [7])])  # an eviction also drops the optimistic entry
-    assert index.match("a", [7]) == 0
 
 
 def test_replica_eviction_reaches_router_index() -> None:
@@ -80,16 +87,12 @@ def test_replica_eviction_reaches_router_index() -> None:
     mirror.apply(events)
     index.update_snapshot("r0", mirror.snapshot()["kv_hashes"], mirror.snapshot()["kv_seq"])
     assert index.match("r0", hashes_a) < 4
-    # Applying the same events directly (the event path) agrees with the snapshot path.
-    direct = PrefixIndex()
-    direct.apply_events("r0", [KVEvent("stored", hashes_a), *events])
-    assert direct.match("r0", hashes_a) == index.match("r0", hashes_a)
 
 
 def test_policy_prefers_longest_prefix() -> None:
     index = PrefixIndex()
-    index.apply_events("a", [KVEvent("stored", [1, 2])])
-    index.apply_events("b", [KVEvent("stored", [1, 2, 3])])
+    confirm(index, "a", [KVEvent("stored", [1, 2])])
+    confirm(index, "b", [KVEvent("stored", [1, 2, 3])])
     decision = RoutingPolicy(4, random.Random(0)).choose([1, 2, 3, 4], ["a", "b", "c"], {}, index)
     assert (decision.replica_id, decision.kind, decision.matched_blocks) == ("b", PREFIX_MATCH, 3)
     assert decision.ranked[0] == "b" and sorted(decision.ranked) == ["a", "b", "c"]
@@ -97,7 +100,7 @@ def test_policy_prefers_longest_prefix() -> None:
 
 def test_load_guard_skips_overloaded_best() -> None:
     index = PrefixIndex()
-    index.apply_events("a", [KVEvent("stored", [1, 2, 3])])
+    confirm(index, "a", [KVEvent("stored", [1, 2, 3])])
     policy = RoutingPolicy(imbalance_threshold=2, rng=random.Random(0))
     assert policy.choose([1, 2, 3], ["a", "b"], {"a": 2, "b": 0}, index).replica_id == "a"
     decision = policy.choose([1, 2, 3], ["a", "b"], {"a": 3, "b": 0}, index)

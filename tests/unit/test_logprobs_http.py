@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.model_helpers import generate_greedy
+
 pytestmark = pytest.mark.unit
 
 TOKEN = "unit-token"
@@ -28,7 +30,7 @@ def eval_greedy_logprobs(run_dir: Path, prompt_ids: list[int], max_tokens: int) 
 
     model = load_eval_model(run_dir).model
     with torch.no_grad():
-        greedy = model.generate_greedy(torch.tensor([prompt_ids]), max_tokens) if max_tokens else []
+        greedy = generate_greedy(model, torch.tensor([prompt_ids]), max_tokens) if max_tokens else []
     ids = np.array([prompt_ids + greedy], dtype=np.int64)
     return greedy, model_scorer(model)(ids[:, :-1], ids[:, 1:])[0].tolist()
 
@@ -54,7 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     from perkunas_ray.kvserve.api import create_app
     from perkunas_ray.kvserve.auth import TokenAuth
-    from perkunas_ray.kvserve.backend import LocalBackend
+    from perkunas_ray.kvserve.backend import LocalServingBackend
     from perkunas_ray.kvserve.registry import single_model_registry
     from perkunas_ray.kvserve.service import EngineService
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
@@ -62,7 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     run = make_tiny_run_dir(tmp_path_factory.mktemp("logprobs") / "tiny")
     registry = single_model_registry(run, kv_policy={"num_blocks": 64})
     service = EngineService(registry.models["tiny"], metrics=False)
-    app = create_app(LocalBackend(registry, {"tiny": service}), TokenAuth({"unit": TOKEN}))
+    app = create_app(LocalServingBackend(registry, {"tiny": service}), TokenAuth({"unit": TOKEN}))
     with TestClient(app) as client:
         yield client, run, service.engine.tokenizer
 

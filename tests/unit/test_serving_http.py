@@ -42,7 +42,7 @@ def served(tmp_path_factory):
 
     from perkunas_ray.kvserve.api import create_app
     from perkunas_ray.kvserve.auth import TokenAuth
-    from perkunas_ray.kvserve.backend import LocalBackend
+    from perkunas_ray.kvserve.backend import LocalServingBackend
     from perkunas_ray.kvserve.metrics import RequestMetrics
     from perkunas_ray.kvserve.registry import single_model_registry
     from perkunas_ray.kvserve.service import EngineService
@@ -53,7 +53,7 @@ def served(tmp_path_factory):
     registry.limits.max_total_tokens = 2000
     service = EngineService(registry.models["tiny"], metrics=False)
     service.engine.sampler = _PoisonSampler()
-    backend = LocalBackend(registry, {"tiny": service})
+    backend = LocalServingBackend(registry, {"tiny": service})
     metrics = RequestMetrics(enabled=False)
     metrics.requests = _Recorder()
     app = create_app(backend, TokenAuth({"unit": TOKEN, "other": "other-token"}), metrics=metrics)
@@ -228,13 +228,13 @@ def test_rate_limit_per_key_is_429_with_retry_after(served, tmp_path) -> None:
 
     from perkunas_ray.kvserve.api import create_app
     from perkunas_ray.kvserve.auth import TokenAuth
-    from perkunas_ray.kvserve.backend import LocalBackend
+    from perkunas_ray.kvserve.backend import LocalServingBackend
     from perkunas_ray.kvserve.registry import single_model_registry
 
     _, service, _, run = served
     registry = single_model_registry(run)
     registry.limits.requests_per_minute = 2
-    app = create_app(LocalBackend(registry, {"tiny": service}), TokenAuth({"a": "ta", "b": "tb"}))
+    app = create_app(LocalServingBackend(registry, {"tiny": service}), TokenAuth({"a": "ta", "b": "tb"}))
     with TestClient(app) as client:
         codes = [client.get("/v1/models", headers={"Authorization": "Bearer ta"}).status_code for _ in range(3)]
         assert codes == [200, 200, 429]

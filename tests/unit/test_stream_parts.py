@@ -21,7 +21,7 @@ from perkunas_ray.stream.guard import GuardPolicy
 from perkunas_ray.stream.loss_scale import LossScaler
 from perkunas_ray.stream.memory import MemoryTracker
 from perkunas_ray.stream.staging import ShardStager, StageEntry
-from perkunas_ray.stream.writer import ShardWriter
+from perkunas_ray.stream.writer import WriteBehind
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def test_loss_scaler_follows_grad_scaler_rule():
 
 
 def test_writer_bounds_pending_writes():
-    writer = ShardWriter(max_pending=2)
+    writer = WriteBehind(max_pending=2)
     gate = threading.Event()
     done = []
     writer.submit(lambda: (gate.wait(5), done.append(0)))
@@ -82,7 +82,7 @@ def test_writer_bounds_pending_writes():
 
 
 def test_writer_surfaces_errors():
-    writer = ShardWriter(max_pending=1)
+    writer = WriteBehind(max_pending=1)
     writer.submit(lambda: 1 / 0)
     with pytest.raises(RuntimeError, match="shard write failed"):
         writer.drain()
