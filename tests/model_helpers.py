@@ -8,6 +8,7 @@ from perkunas_ray.model.attention import KVCache
 from perkunas_ray.model.decoder import DecoderLM
 
 
+@torch.no_grad()
 def generate_greedy(model: DecoderLM, input_ids: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int | None = None) -> list[int]:
     """Greedy decoding of one prompt (1, T) through DecoderLM.logits with its KV cache; the new token ids."""

@@ -112,8 +112,6 @@ class DecoderLM(nn.Module):
         h = self.hidden_states(input_ids, positions, CAUSAL_ATTENTION if cache is None else cache)
         return h @ self.head_weight.t()
 
-    @torch.no_grad()
-
 
 def build_model(cfg: ModelConfig, seed: int | None = None, device: str | torch.device = "cpu") -> DecoderLM:
     """A model on `device`; with a seed, initialised by the same per-parameter rule the shard store uses."""
