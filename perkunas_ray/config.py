@@ -21,7 +21,7 @@ OPTIMIZERS = ("adamw", "lion", "adafactor")
 LR_SCHEDULES = ("constant", "cosine", "wsd", "tokens")
 CLIP_MODES = ("global", "shard", "none")
 TRACE_STORAGES = ("cpu", "device", "secondary-device", "object-store")
-PREFETCH_MODES = ("none", "cpu", "secondary-device")
+PREFETCH_MODES = ("none", "cpu")
 GUARD_EXHAUST = ("accept", "reject")
 
 
@@ -241,6 +241,10 @@ class StreamConfig:
         check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
               ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
         check(self.max_resident_bytes >= 0, f"{prefix}.max_resident_bytes", ">= 0", self.max_resident_bytes)
+        # Staging shards on a second device is not built: accepting it would silently behave like cpu.
+        check(self.prefetch_shards != "secondary-device", f"{prefix}.prefetch_shards",
+              "none or cpu (secondary-device prefetch is not supported yet; stream.trace_storage can use a "
+              "second device)", self.prefetch_shards)
         check_choice(self.prefetch_shards, f"{prefix}.prefetch_shards", PREFETCH_MODES)
         check(self.prefetch_window >= 0, f"{prefix}.prefetch_window", ">= 0", self.prefetch_window)
         check_choice(self.trace_storage, f"{prefix}.trace_storage", TRACE_STORAGES)

@@ -8,6 +8,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from perkunas_ray.chat_template import CHAT_TEMPLATE
 from perkunas_ray.cli.generate import (
     add_engine_arguments,
     add_sampling_arguments,
@@ -17,6 +18,7 @@ from perkunas_ray.cli.generate import (
 )
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import ConfigError
+from perkunas_ray.kvserve.chat_input import ChatEncoder, split_rendered
 
 HELP = ("commands: /temp X  /topk N  /topp X  /tokens N  /system TEXT  /reset  /settings  /help  /quit\n"
         "anything else is your next message")
@@ -42,6 +44,7 @@ class ChatSession:
         self.num_turns = 0
         end_id = engine.tokenizer.token_to_id(END_OF_TURN)
         self.stop_token_ids = [end_id] if end_id is not None else []
+        self.encoder = ChatEncoder(engine.tokenizer)
 
     def command(self, line: str) -> str | None:
         """Apply a /command; return a message to show, or None to quit."""
@@ -72,11 +75,12 @@ class ChatSession:
             return f"({field} = {getattr(new, field)})"
         return f"(unknown command /{name}; {HELP})"
 
-    def prompt(self) -> str:
-        from perkunas_ray.chat_template import CHAT_TEMPLATE, render_chat
-
+    def prompt_token_ids(self) -> list[int]:
+        """The conversation through the chat template; what the user typed stays text (a typed `<|system|>` is
+        never a control token), as on the HTTP chat route."""
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
-        return render_chat(messages, add_generation_prompt=True, template=self.engine.chat_template or CHAT_TEMPLATE)
+        pieces = split_rendered(messages, True, self.engine.chat_template or CHAT_TEMPLATE)
+        return self.encoder.encode(pieces)
 
     def reply(self, user_text: str, out: Any) -> str:
         """Send a user message, stream the assistant's answer to `out`, keep both in the history."""
@@ -84,7 +88,7 @@ class ChatSession:
         params = dataclasses.replace(self.params, stop_token_ids=self.stop_token_ids + list(self.params.stop_token_ids),
                                      stop=list(self.params.stop) + [END_OF_TURN])
         self.num_turns += 1
-        final = asyncio.run(stream_to(self.engine, f"chat-{self.num_turns}", self.prompt(), params, out))
+        final = asyncio.run(stream_to(self.engine, f"chat-{self.num_turns}", self.prompt_token_ids(), params, out))
         text = final.outputs[0].text
         self.messages.append({"role": "assistant", "content": text})
         return text

@@ -71,7 +71,7 @@ def load_engine(args: argparse.Namespace) -> Any:
     return NativeEngine.from_path(args.source, policy_from_args(args), device=args.device, dtype=args.dtype)
 
 
-async def stream_to(engine: Any, request_id: str, prompt: str, params: SamplingParams, out: Any) -> Any:
+async def stream_to(engine: Any, request_id: str, prompt: str | list[int], params: SamplingParams, out: Any) -> Any:
     """Print the completion as it is generated; return the final RequestOutput."""
     final = None
     async for item in engine.stream(request_id, prompt, params):

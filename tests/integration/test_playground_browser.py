@@ -1,4 +1,5 @@
-"""The web playground in headless Chromium against a real `perkunas serve`: a streamed reply, a 401 shown, a screenshot."""
+"""The web playground in headless Chromium against a real `perkunas serve` of a 128-token model: a streamed reply, a
+first message sent with the page's defaults, a 401 shown, a screenshot."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "playground-token"
+CONTEXT = 128
 # As the device notes of this machine advise: without these, Chromium keeps dialling Google's hosts and gets refused.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -62,7 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
     root = tmp_path_factory.mktemp("playground")
-    run = make_tiny_run_dir(root / "tiny")
+    run = make_tiny_run_dir(root / "tiny", max_seq_len=CONTEXT)  # the main job's context: 128 tokens
     port = free_port()
     log = root / "serve.log"
     with log.open("w") as out:
@@ -124,6 +126,27 @@ def test_streamed_reply_and_token_counter(page, tmp_path: Path) -> None:
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
     assert len(set(png_pixel_bytes(shot.read_bytes()))) > 16, "the screenshot is blank"
+
+
+def test_first_message_with_the_page_defaults(page) -> None:
+    """The page's default max_tokens (128) equals the model's whole context: the page fits it to what the prompt
+    leaves, so a newcomer's first message is answered, not refused with a 400."""
+    from playwright.sync_api import expect
+
+    assert page.input_value("#max_tokens") == str(CONTEXT)
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+    expect(page.locator("#model option")).to_have_count(1)
+    errors_before = page.locator(".message.error").count()
+    page.fill("#prompt", "Hello! Who are you?")
+    page.click("#send")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator(".meta")).to_contain_text("tok/s", timeout=120_000)
+    assert page.locator(".message.error").count() == errors_before
+    meta = reply.locator(".meta").inner_text()
+    prompt_tokens = int(meta.split("prompt ")[1].split(" ")[0])
+    completion_tokens = int(meta.split("tokens: ")[1].split(" ")[0])
+    assert 0 < completion_tokens <= CONTEXT - prompt_tokens, meta
 
 
 def test_wrong_token_shows_the_401_message(page) -> None:

@@ -85,3 +85,12 @@ def test_init_refuses_an_existing_run(initialised, capsys, data_dir):
     run_error(capsys, ["--init-shards", "--run-dir", str(initialised), "--data-dir", str(data_dir), *MODEL],
               "refusing")
     assert digest_tree(initialised) == before
+
+
+def test_secondary_device_prefetch_is_refused(tmp_path, capsys, data_dir):
+    """Prefetch onto a second device is not built: the flag is refused by name, not run as cpu prefetch."""
+    run_dir = tmp_path / "run"
+    err = run_error(capsys, ["--init-shards", "--train", "--data-dir", str(data_dir), "--run-dir", str(run_dir), *MODEL,
+                             "--prefetch-shards", "secondary-gpu"], "stream.prefetch_shards must be none or cpu")
+    assert "'secondary-device'" in err
+    assert not run_dir.exists()

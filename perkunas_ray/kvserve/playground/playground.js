@@ -78,6 +78,16 @@ async function* sseEvents(response) {
   }
 }
 
+// max_tokens that fits the model's context after this conversation's prompt (the server's /tokenize counts it),
+// so a small model's first reply is never refused for a default the page chose. null: the prompt fills it.
+async function fitMaxTokens(model, messages, wanted) {
+  const response = await fetch("tokenize", { method: "POST", headers: headers(), body: JSON.stringify({ model, messages }) });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const { count, max_model_len } = await response.json();
+  const room = max_model_len - count;
+  return room < 1 ? null : Math.min(wanted, room);
+}
+
 async function send(prompt) {
   const messages = [];
   const system = $("system").value.trim();
@@ -91,8 +101,18 @@ async function send(prompt) {
     model: $("model").value, messages: messages.concat(conversation), stream: true,
     stream_options: { include_usage: true },
     temperature: Number($("temperature").value), top_p: Number($("top_p").value),
-    max_tokens: Number($("max_tokens").value),
   };
+  const wanted = Number($("max_tokens").value);
+  let fitted;
+  try { fitted = await fitMaxTokens(request.model, request.messages, wanted); } catch (err) { fitted = err; }
+  if (fitted === null || fitted instanceof Error) {
+    reply.remove();
+    conversation.pop();
+    showError(fitted === null ? "the conversation fills the model's context: clear the chat to go on" : fitted.message);
+    return;
+  }
+  request.max_tokens = fitted;
+  if (fitted < wanted) meta.textContent = `max tokens fitted to ${fitted} (the model's context)`;
   const started = performance.now();
   let firstTokenAt = null, chunks = 0, text = "";
   const response = await fetch("v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(request) });
