@@ -9,6 +9,10 @@ starts a local Ray instance.
 
 from __future__ import annotations
 
+from perkunas_ray.interpreter import ensure_project_interpreter
+
+ensure_project_interpreter("perkunas_ray.train")  # before the imports below need torch and ray
+
 import argparse
 import copy
 import math

@@ -3,8 +3,10 @@ checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,23 +36,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def head(tmp_path):
-    """A head node on loopback with its own temp dir (so no other ray.init on this machine finds it).
+@contextlib.contextmanager
+def start_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head node on loopback with its own temp dir (so no other ray.init on this machine finds it), started in
+    the repo (a job's default working dir) with `env`.
 
     It is stopped by killing exactly the processes it started: `ray stop` would also stop every other
     Ray instance of this user on a shared machine.
     """
     port, dash = free_port(), free_port()
     temp_dir = Path("/tmp") / f"pk-job-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     if "RAY_AUTH_MODE" not in env:
-        env["RAY_AUTH_MODE"] = "token"  # Ray 2.5x+ heads require a token; the job CLI reads ~/.ray/auth_token
-    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
+        env["RAY_AUTH_MODE"] = "token"  # Ray 2.5x+ heads require a token: this head's own, for the job CLI too
+        env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", str(num_cpus),
                              "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                              "--temp-dir", str(temp_dir), "--block"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 180
@@ -68,6 +74,12 @@ def head(tmp_path):
         kill_tree(proc.pid)
         proc.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head():
+    with start_head(dict(os.environ)) as started:
+        yield started
 
 
 def test_ray_job_submit_trains_and_flushes(tmp_path, head):
@@ -93,3 +105,21 @@ def test_ray_job_submit_trains_and_flushes(tmp_path, head):
     assert "done: step 4" in submit.stdout
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {r["worker"] for r in log if r["event"] == "worker"} == {0, 1}
+
+
+def test_job_from_a_shell_without_the_venv_finds_the_project_interpreter(tmp_path):
+    """Ray started from a shell where `python` is an interpreter without torch (the venv not activated): the job's
+    `python -m perkunas_ray.train` hands over to the project's venv and runs, rather than failing on an import."""
+    if Path(sys.prefix) != ROOT / ".venv":
+        pytest.skip("the tests do not run in the repo's .venv, which the hand-over looks for")
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{bare / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    with start_head(env, num_cpus=1) as (url, head_env):
+        submit = subprocess.run([RAY, "job", "submit", "--address", url, "--", "python", "-m", "perkunas_ray.train",
+                                 "--help"], cwd=tmp_path, env=head_env, capture_output=True, text=True, timeout=300)
+    out = submit.stdout + submit.stderr
+    assert f"{bare / 'bin' / 'python'} has no torch" in out, out[-3000:]
+    assert "usage: python -m perkunas_ray.train" in out, out[-3000:]
+    assert "succeeded" in out.lower(), out[-3000:]
