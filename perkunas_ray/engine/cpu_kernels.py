@@ -10,6 +10,7 @@ keeps the eager paths (gather the blocks, then SDPA; PyTorch's rms_norm): same r
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("paged_decode_attention.cpp", "rms_norm.cpp",
-                                                          "decode_layers.cpp")]  # in this order: one C++ unit
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.cpp"))  # one C++ unit; csrc/cpu_kernels.h declares what they share (any order)
 
 
 # (q (B, H, hd), keys, values (num_blocks, block_size, H_kv, hd), block_table (B, K), lengths (B,), scale)
@@ -32,6 +33,15 @@ RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (
 LinearRows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (M, n), weight (out, n)) -> x @ weight.T, fp32
 DecodeLayers = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor,
                          torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
+
+
+def csrc_digest() -> str:
+    """A digest of every file in csrc/, header included: PyTorch's build cache sees only the .cpp text, so the
+    extension's name carries it and an edit of the header alone still rebuilds."""
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class CpuKernels(NamedTuple):
@@ -48,9 +58,9 @@ def cpu_kernels() -> CpuKernels | None:
 
     logger.info("loading the engine's CPU kernels (compiled on a machine's first use, about 30 s)")
     try:
-        module = load_inline(name="perkunas_cpu_kernels", cpp_sources=[path.read_text() for path in SOURCES],
+        module = load_inline(name=f"perkunas_cpu_kernels_{csrc_digest()}", cpp_sources=[path.read_text() for path in SOURCES],
                              functions=list(CpuKernels._fields), extra_cflags=["-O3", "-fopenmp"],
-                             extra_ldflags=["-fopenmp"])
+                             extra_ldflags=["-fopenmp"], extra_include_paths=[str(CSRC)])
     except Exception as exc:  # noqa: BLE001 - no compiler, no headers, a failed build: the eager paths still work
         logger.warning("engine CPU kernels unavailable (%s: %s); decode attention gathers blocks instead",
                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

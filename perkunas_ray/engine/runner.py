@@ -48,7 +48,8 @@ def wants_prompt_logprobs(item: ScheduledRequest) -> bool:
 
 
 class ModelRunner:
-    """Runs the DecoderLM's own forward over a flat batch, with a paged-attention backend."""
+    """Runs a step's flat batch through DecodeForward (the DecoderLM's weights and math, leaner; the C++ blocks for
+    a few decodes) with a paged-attention backend."""
 
     def __init__(self, model: DecoderLM, kv_store: KVStore, block_size: int) -> None:
         self.model = model

@@ -2,7 +2,8 @@
 
 A block projects q/k/v and applies RoPE; the backend passed in the call does the rest. The default
 attends causally within the given tokens (training, full forward); `KVCache` appends to a dense
-cache first (reference generation); the engine passes its paged-KV backend. No I/O, no Ray here.
+cache first (reference generation). The serving engine runs its own copy of the block (engine/decode_forward.py,
+see model/decoder.py) with its paged-KV backend. No I/O, no Ray here.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """The decoder LM: token embedding, pre-norm blocks, final norm, (tied) LM head, chunked CE.
 
-One forward for every use. Training attends causally; generation passes a KV cache and the engine
-its paged-KV backend as the `attn` argument; a stream shard is this same module holding only its
-part (the embedding, a run of blocks, or final norm + head). Parameter names are Hugging Face
-Llama's (`model.layers.3.self_attn.q_proj.weight`), so a state dict exports as is. No I/O, no Ray,
-no streaming here.
+The forward of training, evaluation, export checks and reference generation: training attends causally,
+generation passes a KV cache as the `attn` argument; a stream shard is this same module holding only its part
+(the embedding, a run of blocks, or final norm + head). Parameter names are Hugging Face Llama's
+(`model.layers.3.self_attn.q_proj.weight`), so a state dict exports as is. No I/O, no Ray, no streaming here.
+
+The block's arithmetic lives in three places that must change together: here (model/layers.py), the serving
+engine's leaner copy (engine/decode_forward.py) and its C++ decode blocks (engine/csrc/decode_layers.cpp). The
+engine's copies exist for decode speed (dispatch, not arithmetic, bounds a CPU decode step). Held equal by
+tests/unit/test_engine_fast_paths.py (decode_forward == this forward) and tests/unit/test_engine_cpu_kernels.py
+(decode_layers == decode_forward), and end to end by tests/unit/test_engine_generate.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (needs paged_decode_attention.cpp
-// and rms_norm.cpp before it in the unit).
+// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (calls rms_norm.cpp's and
+// paged_decode_attention.cpp's row helpers, declared in cpu_kernels.h).
 //
 // Why by hand: at one or a few decodes a step's cost is dispatch, not arithmetic. The eager forward
 // (decode_forward.py) runs ~25 tensor ops per block from Python (norms, three projections and their views,
@@ -15,6 +15,8 @@
 // down projection added. Only the summation order differs (float rounding).
 
 #include <torch/extension.h>
+
+#include "cpu_kernels.h"
 
 #include <ATen/Parallel.h>
 

@@ -10,6 +10,8 @@
 
 #include <torch/extension.h>
 
+#include "cpu_kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -7,12 +7,14 @@
 
 #include <torch/extension.h>
 
+#include "cpu_kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
 
 // out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight for `rows` rows of `dim` (out may be x); decode_layers.cpp
-// calls it too.
+// calls it too (cpu_kernels.h).
 void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * dim;
