@@ -201,8 +201,8 @@ def bench_capacity(model: DecoderLM, tokenizer: Any, args: argparse.Namespace) -
     for kv_dtype in ("model", "int8"):
         # The engine sizes its pool from the byte budget exactly as in serving; read back what it allocated.
         engine = make_engine(model, tokenizer, block_size=args.block_size, kv_budget_bytes=budget, kv_dtype=kv_dtype)
-        blocks[kv_dtype] = engine.kv_manager.num_blocks
-        result[f"kv_bytes_allocated_{kv_dtype}"] = engine.kv_store.num_bytes
+        blocks[kv_dtype] = engine.core.kv_manager.num_blocks
+        result[f"kv_bytes_allocated_{kv_dtype}"] = engine.core.kv_store.num_bytes
         del engine
     bytes_per_token = KVStore.bytes_per_block(cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim, dtype, "model")
     slabs = budget // (bytes_per_token * max_len)  # contiguous: every request reserves max_model_len

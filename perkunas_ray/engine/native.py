@@ -1,39 +1,22 @@
-"""NativeEngine: the PyTorch paged-KV engine (scheduler + runner + sampler), blocking and async APIs."""
+"""NativeEngine: the PyTorch paged-KV engine's async front over its synchronous EngineCore (engine/core.py).
+
+As vLLM splits AsyncLLM from EngineCore: the core admits requests, steps and reports; this front turns streams
+into queued requests whose outputs land on the caller's event loop, and keeps one task stepping the core on the
+torch thread (engine/torch_thread.py) while any request is live.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import logging
-import random
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from perkunas_ray.engine.block_hash import block_hashes
-from perkunas_ray.engine.interface import (
-    EngineStats,
-    KVEvent,
-    KVPolicy,
-    RequestFailedError,
-    RequestOutput,
-    SamplingParams,
-    params_per_prompt,
-)
-from perkunas_ray.engine.kv_cache_manager import KVCacheManager, cdiv
-from perkunas_ray.engine.kv_store import KVStore
-from perkunas_ray.engine.output_processor import OutputProcessor, RequestState, SequenceState
-from perkunas_ray.engine.request import Request, RequestStatus
-from perkunas_ray.engine.runner import ModelRunner
-from perkunas_ray.engine.sampler import Sampler
-from perkunas_ray.engine.scheduler import Scheduler
+from perkunas_ray.engine.core import EngineCore
+from perkunas_ray.engine.interface import EngineStats, KVEvent, KVPolicy, RequestOutput, SamplingParams
 from perkunas_ray.engine.torch_thread import on_torch_thread
-from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import DecoderLM
 
 # The serving loop runs steps on the torch thread for up to this long per hand-off from the event loop: one
@@ -42,78 +25,28 @@ from perkunas_ray.model.decoder import DecoderLM
 # or a stats call waits at most this.
 STEPS_PER_HANDOFF_S = 0.005
 
-logger = logging.getLogger("perkunas.engine")
-
 
 class NativeEngine:
-    """Continuous batching over a paged KV cache, on CPU or one GPU.
+    """Continuous batching over a paged KV cache, on CPU or one GPU (the `Engine` protocol).
 
-    `generate` steps the engine in the caller's thread until its requests finish. `stream` adds a
-    request and makes sure one background asyncio task steps the engine (each step in a worker
-    thread, so the event loop stays responsive) while any request is live; all live requests share
-    every step. Requests added or aborted from the event loop are queued and applied at the start of
-    the next step, under the step lock.
+    `generate` steps the core in the caller's thread until its requests finish. `stream` queues a request
+    and makes sure one background asyncio task steps the core (each hand-off on the torch thread, so the
+    event loop stays responsive) while any request is live; all live requests share every step.
     """
 
     def __init__(self, model: DecoderLM, tokenizer: Any, eos_token_id: int, policy: KVPolicy | None = None, *,
                  max_model_len: int | None = None, seed: int = 0, chat_template: str = "",
                  name: str = "native") -> None:
-        self.policy = policy = (policy or KVPolicy()).validate()
-        self.model = model.eval()
+        self.core = EngineCore(model, tokenizer, eos_token_id, policy, max_model_len=max_model_len, seed=seed,
+                               name=name)
+        self.model = self.core.model
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
+        self.max_model_len = self.core.max_model_len
+        self.block_size = self.core.block_size
         self.chat_template = chat_template
         self.name = name
-        cfg = model.config
-        self.block_size = bs = policy.block_size
-        dtype = model.head_weight.dtype
-        device = model.head_weight.device
-        self.kv_bytes_per_block = KVStore.bytes_per_block(cfg.n_layers, bs, cfg.n_kv_heads, cfg.head_dim, dtype,
-                                                          policy.kv_dtype)
-        model_len = cfg.max_seq_len if max_model_len is None else max_model_len
-        pruning = policy.pruning == "sink_window"
-        # What one sequence can hold at once under sink+window pruning: sink blocks, the window, a chunk.
-        per_seq_blocks = (cdiv(policy.sink_tokens, bs) + cdiv(policy.window_tokens + policy.max_num_batched_tokens, bs)
-                          + 1) if pruning else cdiv(model_len, bs)
-        if policy.num_blocks:
-            num_blocks = policy.num_blocks
-        elif policy.kv_budget_bytes:
-            num_blocks = policy.kv_budget_bytes // self.kv_bytes_per_block
-            if num_blocks < 1:
-                raise ConfigError(f"kv_policy.kv_budget_bytes must hold at least one block of "
-                                  f"{self.kv_bytes_per_block} bytes, got {policy.kv_budget_bytes}")
-        else:
-            num_blocks = policy.max_num_seqs * per_seq_blocks
-        if pruning and num_blocks < per_seq_blocks:
-            raise ConfigError(f"kv_policy: {num_blocks} blocks cannot hold one sequence under sink_window "
-                              f"pruning (sink, window and a {policy.max_num_batched_tokens}-token chunk need "
-                              f"{per_seq_blocks})")
-        # Without pruning a sequence can only be as long as the pool; with it, only the prompt is capped.
-        self.max_model_len = model_len if pruning else min(model_len, num_blocks * bs)
-        self.kv_manager = KVCacheManager(num_blocks, bs, policy.enable_prefix_caching)
-        self.kv_store = KVStore(cfg.n_layers, num_blocks, bs, cfg.n_kv_heads, cfg.head_dim, dtype, policy.kv_dtype,
-                                device)
-        self.scheduler = Scheduler(policy, self.kv_manager)
-        self.runner = ModelRunner(model, self.kv_store, bs)
-        self.sampler = Sampler()
-        self.output_processor = OutputProcessor(tokenizer, eos_token_id, self.max_model_len,
-                                                bounded_length=not pruning)
-        self.device = device
-        self._rng = random.Random(seed)
-        self._ids = itertools.count()
-        self._states: dict[str, RequestState] = {}  # live user requests
-        self._sequences: dict[str, SequenceState] = {}  # live sequences by internal request id
-        self._step_lock = threading.RLock()
-        self._pending_lock = threading.Lock()
-        self._pending_adds: list[RequestState] = []
-        self._pending_aborts: list[str] = []
         self._task: asyncio.Task[None] | None = None
-        self._sent_first_output = False  # a step handed some stream its first output (see _steps)
-        self._num_finished = 0
-        self._num_generated_tokens = 0
-        self._num_failed = 0
-        self._failed: dict[str, RequestFailedError] = {}  # generate()'s requests that failed, until it raises
-        self.num_steps = 0
 
     @classmethod
     def from_path(cls, path: str | Path, policy: KVPolicy | None = None, device: str = "cpu", dtype: str = "fp32",
@@ -125,180 +58,10 @@ class NativeEngine:
         return cls(loaded.model, loaded.tokenizer, loaded.eos_token_id, policy, chat_template=loaded.chat_template,
                    name=loaded.name, **kwargs)
 
-    # ---- requests -------------------------------------------------------------------------------
-
-    def _tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return list(self.tokenizer.encode(prompt).ids)
-        if not isinstance(prompt, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise ConfigError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
-        return list(prompt)
-
-    def _new_state(self, request_id: str, prompt: str | list[int], params: SamplingParams, sink: Any) -> RequestState:
-        token_ids = self._tokenize(prompt)
-        vocab = self.model.config.vocab_size
-        if not token_ids:
-            raise ConfigError(f"request {request_id!r}: the prompt is empty")
-        if any(t < 0 or t >= vocab for t in token_ids):
-            raise ConfigError(f"request {request_id!r}: prompt token ids must be in [0, {vocab})")
-        if len(token_ids) > self.max_model_len:
-            raise ConfigError(f"request {request_id!r}: the prompt has {len(token_ids)} tokens; this engine's "
-                              f"max_model_len is {self.max_model_len}")
-        sequences = []
-        first_id = request_id if params.n == 1 else f"{request_id}/0"
-        for index in range(params.n):
-            generator = torch.Generator(device=self.device)
-            seed = self._rng.getrandbits(63) if params.seed is None else (params.seed + index) % (1 << 64)
-            generator.manual_seed(seed)
-            request = Request(request_id if params.n == 1 else f"{request_id}/{index}", token_ids, params,
-                              group_id=request_id, index=index, generator=generator,
-                              share_prefix_with=first_id if index else None)
-            sequences.append(SequenceState(request))
-        return RequestState(request_id, token_ids, params, sequences, sink=sink)
-
-    def _enqueue_add(self, state: RequestState) -> None:
-        with self._pending_lock:
-            if state.request_id in self._states or any(s.request_id == state.request_id for s in self._pending_adds):
-                raise ConfigError(f"request id {state.request_id!r} is already live")
-            self._pending_adds.append(state)
-
-    def _enqueue_abort(self, request_id: str) -> None:
-        with self._pending_lock:
-            self._pending_aborts.append(request_id)
-
-    def _apply_pending(self) -> None:
-        """Called under the step lock: admit queued requests, then apply queued aborts."""
-        with self._pending_lock:
-            adds, self._pending_adds = self._pending_adds, []
-            aborts, self._pending_aborts = self._pending_aborts, []
-        for state in adds:
-            self._states[state.request_id] = state
-            for seq in state.sequences:
-                self._sequences[seq.request.request_id] = seq
-                self.scheduler.add_request(seq.request)
-        for request_id in aborts:
-            self._abort_now(request_id)
-
-    def _abort_now(self, request_id: str) -> None:
-        state = self._states.get(request_id)
-        if state is None:
-            return  # finished already, or never existed: a no-op, as in vLLM
-        for seq in state.sequences:
-            if seq.finish_reason is None:
-                self.scheduler.finish_request(seq.request.request_id, RequestStatus.FINISHED_ABORTED)
-                self.output_processor.abort(seq)
-        self._emit(state)
-
-    def _emit(self, state: RequestState) -> None:
-        """Hand a request's new output to its stream, or keep the final one for `generate`."""
-        finished = state.finished
-        if state.sink is not None:
-            loop, queue = state.sink
-            self._sent_first_output |= all(seq.num_emitted_tokens == 0 for seq in state.sequences)
-            # A closed event loop raises RuntimeError: its consumer is gone, nobody needs the output.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, self.output_processor.make_output(state))
-        elif finished:
-            state.final_output = self.output_processor.make_output(state)
-        if finished:
-            self._num_finished += 1
-            del self._states[state.request_id]
-            for seq in state.sequences:
-                self._sequences.pop(seq.request.request_id, None)
-
-    # ---- stepping -------------------------------------------------------------------------------
-
-    def has_unfinished(self) -> bool:
-        return bool(self._pending_adds or self._pending_aborts or self.scheduler.num_unfinished)
-
-    def step(self) -> None:
-        """One scheduler step: schedule, run the model, sample, apply stop conditions, emit outputs.
-
-        A failure is confined to the requests it concerns: a row the sampler or the output processor
-        cannot handle fails only its request; a failed forward pass fails only the requests of this step.
-        Either way the engine goes on serving the others.
-        """
-        with self._step_lock:
-            self._apply_pending()
-            scheduled = self.scheduler.schedule()
-            if scheduled.is_empty:
-                return
-            self.num_steps += 1
-            try:
-                logits, prompt_logprobs = self.runner.execute(scheduled)
-            except Exception as exc:  # noqa: BLE001 - the batch's requests fail, the engine lives on
-                # Their blocks may be registered under hashes whose KV was never written: forget them.
-                self.kv_manager.reset_prefix_cache()
-                for item in scheduled.scheduled:
-                    self._fail(item.request.group_id, exc)
-                return
-            for chunk in prompt_logprobs:
-                if (owner := self._states.get(chunk.request.group_id)) is not None:
-                    self.output_processor.add_prompt_logprobs(owner, chunk.first_position, chunk.entries)
-            requests = [item.request for item in scheduled.scheduled if item.samples]
-            sampled = self.sampler(logits, requests)
-            self.scheduler.update_from_output(scheduled)
-            touched: dict[str, RequestState] = {}
-            for row, (request, token_id, logprobs) in enumerate(zip(requests, sampled.token_ids, sampled.logprobs,
-                                                                    strict=True)):
-                state = self._states.get(request.group_id)
-                if state is None:  # a sibling sequence already failed the request
-                    continue
-                try:
-                    if row in sampled.errors:
-                        raise sampled.errors[row]
-                    seq = self._sequences[request.request_id]
-                    status = self.output_processor.append_token(seq, token_id, logprobs,
-                                                                incremental_text=state.sink is not None)
-                except Exception as exc:  # noqa: BLE001 - confined to this request
-                    touched.pop(state.request_id, None)
-                    self._fail(state.request_id, exc)
-                    continue
-                self._num_generated_tokens += 1
-                if status is not None:
-                    self.scheduler.finish_request(request.request_id, status)
-                touched[state.request_id] = state
-            for state in touched.values():
-                if state.sink is not None or state.finished:
-                    self._emit(state)
-
-    def _fail(self, request_id: str, exc: Exception) -> None:
-        """End a request with an error (under the step lock): its blocks go back, its consumer gets the error."""
-        state = self._states.pop(request_id, None)
-        if state is None:
-            return
-        logger.error("engine %s: request %s failed: %s: %s", self.name, request_id, type(exc).__name__, exc,
-                     exc_info=exc)
-        error = RequestFailedError(f"request {request_id!r} failed in the engine ({type(exc).__name__})")
-        for seq in state.sequences:
-            self._sequences.pop(seq.request.request_id, None)
-            if seq.finish_reason is None:
-                self.scheduler.finish_request(seq.request.request_id, RequestStatus.FINISHED_ABORTED)
-                seq.finish_reason = RequestStatus.FINISHED_ABORTED.value
-        self._num_failed += 1
-        if state.sink is not None:
-            loop, queue = state.sink
-            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(queue.put_nowait, error)
-        else:
-            self._failed[request_id] = error
-
     def generate(self, prompts: list[str] | list[list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
         """Run a batch to completion in the calling thread; one finished RequestOutput per prompt."""
-        params_list = params_per_prompt(params, len(prompts))
-        states = [self._new_state(f"generate-{next(self._ids)}", p, sp, sink=None)
-                  for p, sp in zip(prompts, params_list, strict=True)]
-        for state in states:
-            self._enqueue_add(state)
-        while any(state.final_output is None and state.request_id not in self._failed for state in states):
-            self.step()
-        for state in states:
-            if state.request_id in self._failed:
-                raise self._failed.pop(state.request_id)
-        return [state.final_output for state in states]  # type: ignore[misc]
-
-    # ---- async ----------------------------------------------------------------------------------
+        return self.core.generate(prompts, params)
 
     async def stream(self, request_id: str, prompt: str | list[int],
                      params: SamplingParams) -> AsyncIterator[RequestOutput]:
@@ -307,8 +70,13 @@ class NativeEngine:
         Leaving the iteration early (break, cancellation, a dropped client) aborts the request.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._enqueue_add(self._new_state(request_id, prompt, params, sink=(loop, queue)))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def sink(item: Any) -> None:  # on the torch thread: hand the item to this loop
+            with contextlib.suppress(RuntimeError):  # the loop is closed: its consumer is gone, nobody needs it
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.core.add(self.core.new_request(request_id, prompt, params, sink))
         self._ensure_stepping(loop)
         finished = False
         try:
@@ -322,7 +90,7 @@ class NativeEngine:
                     return
         finally:
             if not finished:
-                self._enqueue_abort(request_id)
+                self.core.abort(request_id)
                 self._ensure_stepping(loop)
 
     def _ensure_stepping(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -336,55 +104,31 @@ class NativeEngine:
         a stream its first output: while this thread steps it mostly holds the GIL, and the event loop must send
         that token now, not coalesced with the next ones (TTFT)."""
         deadline = time.perf_counter() + budget_s
-        self._sent_first_output = False
-        while self.has_unfinished():
-            self.step()
-            if self._sent_first_output or time.perf_counter() >= deadline:
+        while self.core.has_unfinished():
+            if self.core.step() or time.perf_counter() >= deadline:
                 return
 
     async def _step_loop(self) -> None:
         try:
-            while self.has_unfinished():
+            while self.core.has_unfinished():
                 await on_torch_thread(self._steps, STEPS_PER_HANDOFF_S)
         except Exception as exc:  # step() confines request failures; anything left is the engine's own
-            for state in list(self._states.values()):
-                if state.sink is not None:
-                    state.sink[1].put_nowait(exc)
+            self.core.fail_streams(exc)
             raise
 
     async def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op when unknown or finished)."""
-        self._enqueue_abort(request_id)
-        await on_torch_thread(self._apply_pending_locked)
-
-    def _apply_pending_locked(self) -> None:
-        with self._step_lock:
-            self._apply_pending()
-
-    # ---- introspection --------------------------------------------------------------------------
+        self.core.abort(request_id)
+        await on_torch_thread(self.core.apply_pending)
 
     def stats(self) -> EngineStats:
-        self._apply_pending_locked()
-        with self._step_lock:
-            pool = self.kv_manager.block_pool
-            return EngineStats(
-                num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
-                num_blocks_total=pool.num_blocks, num_blocks_used=pool.num_used_blocks,
-                num_blocks_free=pool.num_free_blocks, num_blocks_cached=pool.num_cached_free_blocks,
-                prefix_cache_queries_tokens=self.kv_manager.prefix_cache_queries_tokens,
-                prefix_cache_hits_tokens=self.kv_manager.prefix_cache_hits_tokens,
-                num_preemptions=self.scheduler.num_preemptions, block_size=self.block_size,
-                kv_bytes_per_block=self.kv_bytes_per_block, kv_bytes_total=self.kv_store.num_bytes,
-                kv_bytes_used=pool.num_used_blocks * self.kv_bytes_per_block, num_finished=self._num_finished,
-                num_generated_tokens=self._num_generated_tokens, num_failed=self._num_failed)
+        return self.core.stats()
 
     def drain_kv_events(self) -> list[KVEvent]:
-        with self._step_lock:
-            return self.kv_manager.block_pool.drain_events()
+        return self.core.drain_kv_events()
 
     def block_hashes(self, token_ids: list[int]) -> list[int]:
-        return block_hashes(token_ids, self.block_size)
+        return self.core.block_hashes(token_ids)
 
     def reset_prefix_cache(self) -> None:
-        with self._step_lock:
-            self.kv_manager.reset_prefix_cache()
+        self.core.reset_prefix_cache()

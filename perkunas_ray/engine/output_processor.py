@@ -35,7 +35,7 @@ class RequestState:
     prompt_token_ids: list[int]
     params: SamplingParams
     sequences: list[SequenceState]
-    sink: Any = None  # (event loop, asyncio.Queue) for stream(); None for generate()
+    sink: Any = None  # stream(): a callable that takes each new output (engine/core.py Sink); None for generate()
     final_output: RequestOutput | None = None
     prompt_logprobs: list[dict[int, float] | None] | None = None  # with params.prompt_logprobs; [0] stays None
     prompt_logprobs_sent: bool = False

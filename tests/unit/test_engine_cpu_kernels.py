@@ -86,12 +86,12 @@ def test_kernel_refuses_lengths_and_blocks_out_of_range() -> None:
 @needs_kernels
 def test_engine_takes_the_kernels_for_fp32_only() -> None:
     model = build_model(tiny_config(), seed=0).eval()
-    runner = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16)).runner
+    runner = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16)).core.runner
     assert runner.decode_kernel is kernels.paged_decode_attention and runner.forward.rms_norm_kernel is kernels.rms_norm
-    int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).runner
+    int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).core.runner
     assert int8.decode_kernel is None and int8.forward.rms_norm_kernel is kernels.rms_norm
     bf16 = NativeEngine(build_model(tiny_config(), seed=0).eval().to(torch.bfloat16), toy_tokenizer(), 0,
-                        KVPolicy(num_blocks=16)).runner
+                        KVPolicy(num_blocks=16)).core.runner
     assert bf16.decode_kernel is None and bf16.forward.rms_norm_kernel is None
 
 
@@ -124,7 +124,7 @@ def test_without_a_compiler_the_engine_says_so_and_runs_eagerly(tmp_path: Path) 
         "from tests.conftest import tiny_config\n"
         "engine = NativeEngine(build_model(tiny_config(), seed=0).eval(), toy_tokenizer(), 0, KVPolicy(num_blocks=16))\n"
         "out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))\n"
-        "print('kernel', engine.runner.decode_kernel)\n"
+        "print('kernel', engine.core.runner.decode_kernel)\n"
         "print('tokens', [o.outputs[0].token_ids for o in out])\n")
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CXX": str(tmp_path / "no-such-c++")}
     root = Path(__file__).resolve().parents[2]
@@ -217,11 +217,11 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
     def run(prompts: list[list[int]], fused: bool) -> tuple[list[list[int]], list[int]]:
         engine = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=64))
         calls: list[int] = []
-        decodes = engine.runner.forward.decodes
-        monkeypatch.setattr(engine.runner.forward, "decodes",
+        decodes = engine.core.runner.forward.decodes
+        monkeypatch.setattr(engine.core.runner.forward, "decodes",
                             lambda step, store: calls.append(step.input_ids.shape[1]) or decodes(step, store))
         if not fused:
-            engine.runner.forward.decode_layers = None
+            engine.core.runner.forward.decode_layers = None
         return [o.outputs[0].token_ids for o in engine.generate(prompts, params)], calls
 
     few, many = prompts[:FUSED_DECODE_ROWS - 1], prompts
@@ -231,7 +231,7 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
     assert calls == [len(few)] * (params.max_tokens - 1)  # every step but the first (prefills)
     tokens, calls = run(many, True)
     assert (tokens, []) == run(many, False) and calls == []
-    int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).runner
+    int8 = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=16, kv_dtype="int8")).core.runner
     assert int8.forward.decode_layers is None
 
 

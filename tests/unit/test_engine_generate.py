@@ -56,7 +56,7 @@ def assert_no_blocks_leaked(engine: NativeEngine) -> None:
     stats = engine.stats()
     assert stats.num_running == 0 and stats.num_waiting == 0
     assert stats.num_blocks_used == 0 and stats.num_blocks_free == stats.num_blocks_total
-    assert all(b.ref_count == 0 for b in engine.kv_manager.block_pool.blocks)
+    assert all(b.ref_count == 0 for b in engine.core.kv_manager.block_pool.blocks)
 
 
 MODEL_OPTIONS = [
@@ -146,7 +146,7 @@ def test_int8_kv_top1_agreement_with_model_dtype(init_std: float, tokenizer: Any
           f"greedy sequences identical up to token {first_divergence}")
     assert rate >= 0.9
     stats = engine.stats()
-    fp32_block = NativeEngine(model, tokenizer, 0, KVPolicy(block_size=4)).kv_bytes_per_block
+    fp32_block = NativeEngine(model, tokenizer, 0, KVPolicy(block_size=4)).core.kv_bytes_per_block
     assert stats.kv_bytes_per_block < fp32_block / 3  # int8 codes + fp32 scales vs fp32 values
 
 
@@ -189,14 +189,14 @@ def test_n_completions_share_prompt_blocks_with_and_without_prefix_caching(token
     for caching in (True, False):
         engine = NativeEngine(model, tokenizer, 0, KVPolicy(block_size=4, enable_prefix_caching=caching))
         params = SamplingParams(n=3, max_tokens=8, temperature=1.0, seed=11)
-        engine._enqueue_add(engine._new_state("multi", prompt, params, sink=None))
-        engine.step()  # one step admits all three and computes the prompt once
-        tables = [engine.kv_manager.block_ids(f"multi/{i}") for i in range(3)]
+        engine.core.add(engine.core.new_request("multi", prompt, params))
+        engine.core.step()  # one step admits all three and computes the prompt once
+        tables = [engine.core.kv_manager.block_ids(f"multi/{i}") for i in range(3)]
         assert tables[1][:4] == tables[0][:4] and tables[2][:4] == tables[0][:4]
-        assert [engine.kv_manager.block_pool.blocks[b].ref_count for b in tables[0][:4]] == [3, 3, 3, 3]
+        assert [engine.core.kv_manager.block_pool.blocks[b].ref_count for b in tables[0][:4]] == [3, 3, 3, 3]
         assert tables[1][4] != tables[0][4]  # the partial last block is private
-        while engine.has_unfinished():
-            engine.step()
+        while engine.core.has_unfinished():
+            engine.core.step()
         assert_no_blocks_leaked(engine)
     out = engine.generate([prompt], params)[0]
     assert [c.index for c in out.outputs] == [0, 1, 2]

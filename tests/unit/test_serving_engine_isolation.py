@@ -98,7 +98,7 @@ class _PoisonSampler(Sampler):
 
 
 def test_a_failing_request_fails_alone(engine: NativeEngine) -> None:
-    engine.sampler = _PoisonSampler()
+    engine.core.sampler = _PoisonSampler()
     outs = _run_together(engine, {"poison": SamplingParams(max_tokens=50, n=2, ignore_eos=True), "good": GOOD,
                                   "greedy": SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)})
     assert isinstance(outs["poison"], RequestFailedError)
@@ -108,7 +108,7 @@ def test_a_failing_request_fails_alone(engine: NativeEngine) -> None:
 
 
 def test_generate_raises_a_failed_request_instead_of_hanging(engine: NativeEngine) -> None:
-    engine.sampler = _PoisonSampler(victim="generate-")
+    engine.core.sampler = _PoisonSampler(victim="generate-")
     with pytest.raises(RequestFailedError, match="generate-"):
         engine.generate([PROMPT], SamplingParams(max_tokens=4, temperature=1.0))
     _assert_nothing_held(engine)
@@ -128,7 +128,7 @@ class _FlakyRunner:
 
 
 def test_a_failed_forward_fails_only_that_step(engine: NativeEngine) -> None:
-    engine.runner = _FlakyRunner(engine.runner)
+    engine.core.runner = _FlakyRunner(engine.core.runner)
     first = _run_together(engine, {"in-bad-step": GOOD})
     assert isinstance(first["in-bad-step"], RequestFailedError)
     _assert_nothing_held(engine)

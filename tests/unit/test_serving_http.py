@@ -52,7 +52,7 @@ def served(tmp_path_factory):
     registry = single_model_registry(run, kv_policy={"num_blocks": 64})
     registry.limits.max_total_tokens = 2000
     service = EngineService(registry.models["tiny"], metrics=False)
-    service.engine.sampler = _PoisonSampler()
+    service.engine.core.sampler = _PoisonSampler()
     backend = LocalServingBackend(registry, {"tiny": service})
     metrics = RequestMetrics(enabled=False)
     metrics.requests = _Recorder()
