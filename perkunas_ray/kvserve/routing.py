@@ -29,14 +29,18 @@ class KVEventMirror:
     def __init__(self) -> None:
         self.hashes: set[int] = set()
         self.seq = 0  # bumps on every applied batch that changed something
+        self.num_stored = 0  # block hashes applied from stored / removed events (what the router was told)
+        self.num_removed = 0
 
     def apply(self, events: Iterable[KVEvent]) -> bool:
         changed = False
         for event in events:
             if event.kind == "stored":
                 self.hashes.update(event.block_hashes)
+                self.num_stored += len(event.block_hashes)
             elif event.kind == "removed":
                 self.hashes.difference_update(event.block_hashes)
+                self.num_removed += len(event.block_hashes)
             elif event.kind == "cleared":
                 self.hashes.clear()
             else:

