@@ -308,6 +308,13 @@ class VLLMEngine:
                            kv_bytes_used=self.kv_bytes_per_block * num_used, num_finished=s["num_finished"],
                            num_generated_tokens=s["num_generated_tokens"], num_failed=s["num_failed"])
 
+    def extra_stats(self) -> dict[str, Any]:
+        """vLLM's own view, uncorrected: the scheduler's counts and KV usage at its last step with outputs."""
+        s = self._sink.snapshot()
+        return {"vllm_scheduler_num_running": s["num_running"], "vllm_scheduler_num_waiting": s["num_waiting"],
+                "vllm_kv_cache_usage": s["kv_cache_usage"], **{f"vllm_kv_events_{k}": v
+                                                               for k, v in self.kv_event_counts().items()}}
+
     def kv_event_counts(self) -> dict[str, int]:
         """Blocks stored / removed as our KV events so far, and those that could not be keyed (for tests, logs)."""
         if self._events is None:

@@ -222,6 +222,9 @@ class EngineService:
                     kv_num_stored=self.mirror.num_stored, kv_num_removed=self.mirror.num_removed,
                     prefix_cache_hit_rate=stats.prefix_cache_hit_rate, step=self.step,
                     num_switches=self.num_switches, busy_s=self.busy.seconds())
+        extra = getattr(self.engine, "extra_stats", None)  # an engine's own view (vLLM's scheduler counts)
+        if extra is not None:
+            data.update(await asyncio.to_thread(extra))
         return data
 
     async def routing_stats(self) -> dict[str, Any]:
