@@ -23,8 +23,8 @@ class CheckpointFlusherActor:
     def ping(self) -> int:
         return os.getpid()
 
-    def flush(self, step: int) -> int:
-        return self.core.flush(step)
+    def flush(self, step: int, run_files: dict[str, bytes] | None = None) -> int:
+        return self.core.flush(step, run_files=run_files)
 
     def emit(self, record: dict[str, Any], event: str = "step") -> None:
         if event == "validation":

@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
+from perkunas_ray.checkpoint.cleanup import clean_stale_writes
+from perkunas_ray.checkpoint.durable import DurableDir
+from perkunas_ray.checkpoint.resume import local_checkpoint
 from perkunas_ray.config import RunConfig
 from perkunas_ray.stream.interface import StoreStats
+from perkunas_ray.stream.node_check import check_paths_here, this_node
 from perkunas_ray.stream.store import ShardStore
 from perkunas_ray.stream.worker_process import prepare_worker_process
 
@@ -17,12 +22,19 @@ from perkunas_ray.stream.worker_process import prepare_worker_process
 class ShardStoreActor:
     """Returns shard versions as numpy dicts: each lands once in the object store and is read zero-copy."""
 
-    def __init__(self, cfg: RunConfig, ckpt_dir: str) -> None:
+    def __init__(self, cfg: RunConfig, durable: str, active_dir: str, step: int) -> None:
         prepare_worker_process(1)  # optimizer updates sit on the path to the next forward too
-        self.core = ShardStore.from_checkpoint(cfg, Path(ckpt_dir))
+        # This node's copy of the checkpoint (the durable dir in place when it is a path; else fetched into this
+        # node's active dir), after clearing what a crashed store left there: rank 0 may run on another node.
+        check_paths_here(cfg, this_node(), "the shard store", data=False)
+        clean_stale_writes(DurableDir(active_dir))
+        self.core = ShardStore.from_checkpoint(cfg, local_checkpoint(DurableDir(durable), step, Path(active_dir)))
 
     def ping(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
     def get_shard(self, name: str) -> dict[str, np.ndarray]:
         return self.core.shard_arrays(name)

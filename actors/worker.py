@@ -10,6 +10,7 @@ import torch
 
 from actors.helpers import build_actors, find_actors
 from perkunas_ray.device import resolve_device
+from perkunas_ray.stream.node_check import this_node
 from perkunas_ray.stream.worker_process import prepare_worker_process
 from perkunas_ray.stream.worker_run import WorkerJob, run_worker
 
@@ -24,4 +25,4 @@ def train_worker(config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()  # the GPU Ray Train gave this worker
         torch.cuda.set_device(device)
     run_worker(job, context.get_world_rank(), context.get_world_size(), device,
-               lambda run: build_actors(run, job.helper_node_id), find_actors)
+               lambda run: build_actors(run, job.helper_node_id), find_actors, this_node())

@@ -127,6 +127,9 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     if isinstance(default, tuple):
         check(isinstance(value, (list, tuple)), name, "a list", value)
         return tuple(value)
+    if isinstance(default, dict):
+        check(isinstance(value, dict), name, "a mapping", value)
+        return dict(value)
     return value
 
 
@@ -292,6 +295,12 @@ class RayConfig:
     worker_gpus: float = AUTO  # per worker; -1: 1 when training on CUDA (train.device cuda, or auto on a GPU cluster)
     compute_threads: int = 0  # torch threads of each worker (0: all the node's cores)
     max_failures: int = 3  # group restarts from the newest durable checkpoint after a death; 0: fail at once
+    # Placement on a cluster of several nodes: custom Ray resources ({name: amount}) that each helper actor
+    # (shard store, prefetcher, flusher, ref board: the host tier, all on one node) and each worker takes, so
+    # that they land on the nodes that offer them (`ray start --resources '{"perkunas_host": 1}'`). Empty
+    # helper_resources: the helpers live on the driver's node; empty worker_resources: CPUs/GPUs decide.
+    helper_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    worker_resources: dict[str, float] = dataclasses.field(default_factory=dict)
 
     # Older config files (run dirs' config.json) name the one compute actor's resources; they are the workers'
     # now. Its actor restarts (max_restarts) are gone: a restarted store would have lost the run's state.
@@ -307,7 +316,28 @@ class RayConfig:
             value = getattr(self, name)
             check(value == AUTO or value >= 0, f"{prefix}.{name}", ">= 0, or -1 for automatic", value)
         check(self.compute_threads >= 0, f"{prefix}.compute_threads", ">= 0 (0: all cores)", self.compute_threads)
+        for name in ("helper_resources", "worker_resources"):
+            check_resources(getattr(self, name), f"{prefix}.{name}")
         return self
+
+
+# Resources Ray knows by their own options: the workers take them from worker_cpus / worker_gpus.
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_resources(value: Any, field: str) -> None:
+    """A {name: amount} map of custom Ray resources: names as `ray start --resources` takes them, amounts > 0
+    (Ray refuses fractions above 1 that are not whole numbers)."""
+    check(isinstance(value, dict), field, "a mapping of custom Ray resource names to amounts", value)
+    for name, amount in value.items():
+        check(isinstance(name, str) and bool(name.strip()) and name == name.strip(), field,
+              "keyed by non-empty resource names", name)
+        check(name not in BUILTIN_RESOURCES, f"{field}.{name}",
+              "a custom resource (give CPUs and GPUs as ray.worker_cpus / ray.worker_gpus)", name)
+        check(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{field}.{name}",
+              "a number > 0", amount)
+        check(amount <= 1 or float(amount).is_integer(), f"{field}.{name}",
+              "at most 1, or a whole number (Ray's rule for resource amounts)", amount)
 
 
 # The root config's sections, in the order config files and flags list them.

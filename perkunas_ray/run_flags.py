@@ -1,7 +1,8 @@
 """Command-line flags for every config field (seed 000's flag names), and applying the ones a user gave.
 
 Flags are generated from the config dataclasses, so a new config field gets its flag for free:
-`train.micro_batch_size` -> `--micro-batch-size`, booleans get `--x/--no-x`, tuples take "1.0,0.5".
+`train.micro_batch_size` -> `--micro-batch-size`, booleans get `--x/--no-x`, tuples take "1.0,0.5",
+resource maps "perkunas_host=0.01" (or a JSON object).
 Only flags the user gave override the config file, profile or run dir's config.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from typing import Any
 
 from perkunas_ray.config import SECTIONS, RunConfig
@@ -29,6 +31,29 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _resource_map(text: str) -> dict[str, float]:
+    """`name=amount,name=amount` (or a JSON object, as `ray start --resources` takes it) -> {name: amount}."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a JSON object of resource amounts, got {text!r}") from exc
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a JSON object of resource amounts, got {text!r}")
+        return value
+    out: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected name=amount[,name=amount...], got {text!r}")
+    return out
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help=f"YAML/JSON run config file, or a profile name ({', '.join(profile_names())})")
@@ -47,6 +72,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=_UNSET)
             elif isinstance(default, tuple):
                 group.add_argument(flag, dest=dest, type=_float_list, default=_UNSET, metavar="X,Y,...")
+            elif isinstance(default, dict):
+                group.add_argument(flag, dest=dest, type=_resource_map, default=_UNSET, metavar="NAME=N,...")
             else:
                 group.add_argument(flag, dest=dest, type=type(default), default=_UNSET,
                                    metavar=field.name.upper())

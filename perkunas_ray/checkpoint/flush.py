@@ -20,8 +20,10 @@ class CheckpointFlusher:
         self.last_flushed_step = -1
         self.flush_s = 0.0
 
-    def flush(self, step: int, timeout_s: float = 600.0) -> int:
-        """Wait for the active checkpoint of `step` to be complete, copy it, prune; returns the step."""
+    def flush(self, step: int, timeout_s: float = 600.0, run_files: dict[str, bytes] | None = None) -> int:
+        """Wait for the active checkpoint of `step` to be complete, copy it, prune; returns the step.
+        `run_files`: the mirrored run files' contents as their writer sent them (it may live on another node);
+        None: read them from the active dir."""
         start = time.perf_counter()
         ckpt = self.active_dir / "checkpoints" / checkpoint_dir_name(step)
         while not (ckpt / MANIFEST).is_file():
@@ -29,7 +31,10 @@ class CheckpointFlusher:
                 raise CheckpointError(f"active checkpoint {ckpt} did not complete within {timeout_s:.0f} s")
             time.sleep(0.02)
         self.durable.upload_checkpoint(ckpt, step)
-        for name in self.run_files:
+        if run_files is not None:
+            for name, data in run_files.items():
+                self.durable.write_bytes(name, data)
+        for name in self.run_files if run_files is None else ():
             if (self.active_dir / name).is_file():
                 self.durable.upload_file(self.active_dir / name, name)
         self.last_flushed_step = max(self.last_flushed_step, step)

@@ -15,11 +15,13 @@ def fetch_latest(durable: DurableDir, active_dir: Path) -> tuple[int, Path] | No
     with a CheckpointFallbackWarning naming it (nothing in the durable dir is touched), and when no
     checkpoint verifies, the CheckpointError names every failure.
     """
-    return newest_verified(durable.list_checkpoints(), lambda step: _local_copy(durable, step, active_dir),
+    return newest_verified(durable.list_checkpoints(), lambda step: local_checkpoint(durable, step, active_dir),
                            f"run dir {durable.location}")
 
 
-def _local_copy(durable: DurableDir, step: int, active_dir: Path) -> Path:
+def local_checkpoint(durable: DurableDir, step: int, active_dir: Path) -> Path:
+    """This node's copy of durable checkpoint `step`: the durable dir in place when it is a path, else a copy in
+    `active_dir` (downloaded unless one with the same manifest is there)."""
     if durable.local_path is not None:
         return durable.local_path / CHECKPOINTS / checkpoint_dir_name(step)  # read in place: no copy needed
     local = active_dir / CHECKPOINTS / checkpoint_dir_name(step)

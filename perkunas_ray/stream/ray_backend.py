@@ -64,6 +64,7 @@ class RayBackend:
         self._step_plan: tuple[UpdatePlan, bool] | None = None
         self._store_waits: list[Any] = []
         self._get([a.ping.remote() for a in actors.values()])
+        self.helper_node = str(self._get(self.store.node_id.remote())) if rank == 0 else ""  # the host tier's node
         self.refs: dict[str, Any] = {}
         self._version, self._have = 0, -1  # the ref set this point of the loop needs / the one this worker has
         if rank == 0:
@@ -217,7 +218,11 @@ class RayBackend:
 
     def flush(self, step: int) -> None:
         if self.rank == 0:
-            self._flushes.append(self.flusher.flush.remote(step))
+            # The run files this worker writes (remote durable dir: the log in its active dir) go with the call:
+            # the flusher lives beside the store, perhaps on another node.
+            files = {n: (self.paths.log_dir / n).read_bytes() for n in self.paths.mirrored_files
+                     if (self.paths.log_dir / n).is_file()}
+            self._flushes.append(self.flusher.flush.remote(step, files if self.paths.mirrored_files else None))
 
     def last_flushed_step(self, wait: bool = False) -> int:
         if wait and self._flushes:

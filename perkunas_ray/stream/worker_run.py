@@ -26,6 +26,7 @@ from perkunas_ray.run_setup import open_datasets
 from perkunas_ray.stream.build import TrainRun, clean_crashed_writes, open_run, train_loop
 from perkunas_ray.stream.grad_reduce import gather_rows
 from perkunas_ray.stream.loop import TrainLoop
+from perkunas_ray.stream.node_check import check_paths_here
 from perkunas_ray.stream.ray_backend import RayBackend, end_actors
 from perkunas_ray.stream.session import resolve_paths
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
@@ -73,8 +74,11 @@ def open_on_rank0(cfg: RunConfig, job: WorkerJob, start_actors: ActorStarter,
 
 
 def run_worker(job: WorkerJob, rank: int, world: int, device: torch.device, start_actors: ActorStarter,
-               find_actors: ActorFinder) -> None:
+               find_actors: ActorFinder, node: str = "") -> None:
+    """`node`: this worker's Ray node id; given, a node without the data dir or the run dir fails here."""
     cfg = RunConfig.from_mapping(job.cfg).validate()
+    if node:
+        check_paths_here(cfg, node, f"data-parallel worker {rank}")
     paths = resolve_paths(cfg)
     actors: dict[str, Any] = {}
     if rank == 0:
@@ -87,6 +91,8 @@ def run_worker(job: WorkerJob, rank: int, world: int, device: torch.device, star
         actors = find_actors(cfg, job.run_name)
     backend = RayBackend(cfg, actors, paths, int(state["step"]), job.run_name, device, rank, world)
     pids = [int(row[0]) for row in gather_rows([float(os.getpid())], device)]
+    nodes: list[Any] = [None] * world
+    dist.all_gather_object(nodes, node)  # where each rank runs: the start record names the nodes
     with tempfile.TemporaryDirectory(prefix=f"perkunas-worker{rank}-") as scratch:
         log_dir = paths.log_dir if rank == 0 else Path(scratch)
         attempt = attempt_number(log_dir / TRAIN_LOG, job.launch_id) if rank == 0 else 0
@@ -94,17 +100,19 @@ def run_worker(job: WorkerJob, rank: int, world: int, device: torch.device, star
             loop = train_loop(cfg, backend, train_data, val_data, log_dir, state, job.verbose and rank == 0,
                               num_workers=world)
             if rank == 0:
-                log_start(loop, cfg, job, attempt, pids)
+                log_start(loop, cfg, job, attempt, pids, nodes, backend.helper_node)
             loop.run(max(0, job.target_step - loop.step))
         finally:
             backend.close()
 
 
-def log_start(loop: TrainLoop, cfg: RunConfig, job: WorkerJob, attempt: int, pids: list[int]) -> None:
+def log_start(loop: TrainLoop, cfg: RunConfig, job: WorkerJob, attempt: int, pids: list[int],
+              nodes: list[str], helper_node: str) -> None:
     """A "start" record, or a "restart" record and a line on stderr when an earlier attempt of this launch died.
-    `pids`: each worker's process id, in rank order."""
+    `pids`, `nodes`: each worker's process id and Ray node id, in rank order; `helper_node`: the host tier's."""
     loop.log.write("restart" if attempt else "start", step=loop.step, attempt=attempt, num_workers=len(pids),
-                   worker_pids=pids, launch_id=job.launch_id, max_failures=cfg.ray.max_failures)
+                   worker_pids=pids, worker_nodes=nodes, helper_node=helper_node, launch_id=job.launch_id,
+                   max_failures=cfg.ray.max_failures)
     if attempt:
         print(f"perkunas: restart {attempt} of this run (at most {cfg.ray.max_failures}): the worker group "
               f"resumes from the durable checkpoint at step {loop.step}", file=sys.stderr, flush=True)
