@@ -325,7 +325,7 @@ class RayConfig:
 BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
-def check_resources(value: Any, field: str) -> None:
+def check_resources(value: Any, field: str, builtins_as: str = "ray.worker_cpus / ray.worker_gpus") -> None:
     """A {name: amount} map of custom Ray resources: names as `ray start --resources` takes them, amounts > 0
     (Ray refuses fractions above 1 that are not whole numbers)."""
     check(isinstance(value, dict), field, "a mapping of custom Ray resource names to amounts", value)
@@ -333,7 +333,7 @@ def check_resources(value: Any, field: str) -> None:
         check(isinstance(name, str) and bool(name.strip()) and name == name.strip(), field,
               "keyed by non-empty resource names", name)
         check(name not in BUILTIN_RESOURCES, f"{field}.{name}",
-              "a custom resource (give CPUs and GPUs as ray.worker_cpus / ray.worker_gpus)", name)
+              f"a custom resource (give CPUs and GPUs as {builtins_as})", name)
         check(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{field}.{name}",
               "a number > 0", amount)
         check(amount <= 1 or float(amount).is_integer(), f"{field}.{name}",

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from perkunas_ray.config import check, from_dict, is_int, load_mapping
+from perkunas_ray.config import check, check_resources, from_dict, is_int, load_mapping
 from perkunas_ray.engine.interface import KVPolicy
 from perkunas_ray.errors import ConfigError
 
@@ -64,6 +64,9 @@ class ModelSpec:
     num_cpus: float = 1.0
     num_threads: int = 0  # torch CPU threads of each replica; 0: num_cpus, rounded down, at least 1
     num_gpus: float | None = None  # None: 1 on cuda, else 0
+    # Custom Ray resources each replica takes ({name: amount}): which nodes serve the model on a cluster
+    # (`ray start --resources '{"perkunas_engine": 1}'` on the nodes with the devices).
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
     # A stream's tokens go from replica to ingress in one message per this many ms (the first token at once):
     # each message costs a Ray round trip and an SSE event whatever it carries. 0: one per engine step.
     stream_interval_ms: float = 50.0
@@ -113,6 +116,7 @@ class ModelSpec:
               "an integer >= 0 (0: num_cpus threads)", self.num_threads)
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
+        check_resources(self.resources, "resources", "num_cpus / num_gpus")
         check(_is_num(self.stream_interval_ms) and 0 <= self.stream_interval_ms <= 1000, "stream_interval_ms",
               "a number of milliseconds in [0, 1000]", self.stream_interval_ms)
         check(_is_num(self.stream_messages_per_s) and self.stream_messages_per_s >= 0, "stream_messages_per_s",

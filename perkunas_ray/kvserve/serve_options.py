@@ -31,7 +31,8 @@ def engine_options(spec: ModelSpec) -> dict[str, Any]:
         "name": deployment_name(spec.model_id), "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": spec.retry_after_s},
-        "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.resolved_num_gpus},
+        "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.resolved_num_gpus,
+                              **({"resources": dict(spec.resources)} if spec.resources else {})},
         "health_check_period_s": spec.health_check_period_s,
         "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
     }
