@@ -16,7 +16,7 @@ from perkunas_ray.errors import PerkunasError
 START_TIMEOUT_S = 120.0
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
             return resp.status == 200
@@ -39,7 +39,7 @@ def llama_server(binary: str | Path, gguf: str | Path, threads: int, parallel: i
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise PerkunasError(f"llama-server did not start ({' '.join(cmd)}; exit code {proc.poll()}); "
                                     f"its log: {log.name}")

@@ -10,6 +10,8 @@ Measured in one run, same threads for every side:
   handle      a DeploymentHandle stream from this process to the replica (replica + the replica -> caller hop)
   http        the whole stack: HTTP -> Serve proxy -> ingress -> replica
   llama.cpp   `llama-server -np 16 -t THREADS` on our f32 GGUF export of the same weights
+With `--engine vllm` (or `native,vllm`) the registry serves the model through a vLLM engine too, and
+`--vs-vllm-server` / `--vs-ray-serve-llm` add vLLM's own server and Ray Serve LLM (see bench/serve_vllm.py).
 The engine and llama.cpp run twice: first with no Ray on the machine ("alone"), then beside the Serve cluster
 with the other sides. On a small machine every Ray process wakes 100 times a second and preempts compute
 threads, so the two phases differ: "Ray tax" is the engine's tok/s alone over beside Serve, and serve is
@@ -33,6 +35,7 @@ from typing import Any
 
 from perkunas_ray.bench import load
 from perkunas_ray.bench.llama_server import llama_server
+from perkunas_ray.bench.serve_vllm import VLLM_MODEL, vllm_ratios
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry, parse_registry
 
@@ -61,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the replica's stream message budget (default: the registry's, see stream_messages_per_s)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
+    p.add_argument("--engine", default="native", help="engines behind `perkunas serve`: native, vllm or native,vllm "
+                   "(vllm: the same weights through our fp32 Hugging Face export)")
+    p.add_argument("--vs-vllm-server", action="store_true",
+                   help="also run vLLM's own OpenAI server on the same export and engine arguments (needs vllm)")
+    p.add_argument("--vs-ray-serve-llm", action="store_true",
+                   help="also deploy Ray Serve LLM (build_openai_app) on the same export, one CPU replica")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -76,18 +85,22 @@ def workload(streams: list[int], rounds: int, prompt_tokens: int, vocab_size: in
             for n in streams}
 
 
-def completion_bodies(prompts: list[list[int]], new_tokens: int) -> list[dict[str, Any]]:
-    return [{"model": MODEL, "prompt": p, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True,
+def completion_bodies(prompts: list[list[int]], new_tokens: int, model: str = MODEL) -> list[dict[str, Any]]:
+    return [{"model": model, "prompt": p, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True,
              "stream_options": {"include_usage": True}} for p in prompts]
 
 
 def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None,
-                   stream_messages_per_s: float | None = None, replica_threads: int | None = None) -> Registry:
+                   stream_messages_per_s: float | None = None, replica_threads: int | None = None,
+                   engines: tuple[str, ...] = ("native",)) -> Registry:
+    """One model per engine: MODEL on the native engine, VLLM_MODEL on vLLM (the same run dir)."""
     pacing = {key: value for key, value in (("stream_interval_ms", stream_interval_ms),
                                             ("stream_messages_per_s", stream_messages_per_s)) if value is not None}
-    return parse_registry({"models": {MODEL: {
-        "source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": replica_threads or threads,
-        "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **pacing}}, "router": {"policy": "kv"}})
+    common = {"source": str(run_dir), "num_replicas": 1, "num_cpus": threads, "num_threads": replica_threads or threads,
+              "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **pacing}
+    models = {name: {**common, "engine": engine} for name, engine in ((MODEL, "native"), (VLLM_MODEL, "vllm"))
+              if engine in engines}
+    return parse_registry({"models": models, "router": {"policy": "kv"}})
 
 
 # ---- timed sides --------------------------------------------------------------------------------
@@ -156,9 +169,9 @@ def handle_side(handle: Any) -> Any:
     return round_
 
 
-def http_side(url: str, headers: dict[str, str] | None = None) -> Any:
+def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODEL) -> Any:
     def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
-        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens), len(prompts), headers))
+        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens, model), len(prompts), headers))
     return round_
 
 
@@ -264,6 +277,17 @@ def print_alone(results: dict[str, dict[int, dict[str, Any]]], alone: dict[str, 
     return ratios
 
 
+def parse_engines(args: argparse.Namespace) -> tuple[str, ...]:
+    engines = tuple(e.strip() for e in args.engine.split(","))
+    if "native" not in engines or not set(engines) <= {"native", "vllm"}:
+        raise ConfigError(f"bench serve: --engine must be native or native,vllm (the stack's layers are measured on "
+                          f"the native engine), got {args.engine!r}")
+    if (args.vs_vllm_server or args.vs_ray_serve_llm) and "vllm" not in engines:
+        raise ConfigError("bench serve: --vs-vllm-server and --vs-ray-serve-llm compare with our vLLM engine: add "
+                          "--engine native,vllm")
+    return engines
+
+
 def parse_streams(text: str) -> list[int]:
     try:
         streams = [int(s) for s in text.split(",")]
@@ -286,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
     from perkunas_ray.model.presets import load_preset
 
     streams = parse_streams(args.streams)
+    engines = parse_engines(args)
     for flag in ("prompt_tokens", "new_tokens", "rounds", "threads"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"bench serve: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -303,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
     registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s,
-                              args.replica_threads)
+                              args.replica_threads, engines)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
           f"out, greedy, median of {args.rounds} rounds", flush=True)
@@ -315,18 +340,41 @@ def run(args: argparse.Namespace) -> int:
             gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir, work_dir / "model.gguf")
             sides["llama.cpp"] = http_side(stack.enter_context(
                 llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len)))
+        vllm_spec = registry.models.get(VLLM_MODEL)
+        if vllm_spec is not None:
+            from perkunas_ray.bench.serve_vllm import engine_args
+
+            model_dir, vllm_args = run_on_torch_thread(engine_args, vllm_spec)  # exports the run: torch work
+            if args.vs_vllm_server:
+                from perkunas_ray.bench.vllm_server import vllm_server
+
+                sides["vllm-server"] = http_side(stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args)),
+                                                 model=VLLM_MODEL)
         print("alone (no Ray running):", flush=True)
         alone, _ = measure(dict(sides), prompts, args.new_tokens)
         print("beside the Serve cluster:", flush=True)
-        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=args.threads))
+        # Ray's CPU count is bookkeeping: each served engine (and Ray Serve LLM's replica) reserves --threads of it,
+        # while all of them share the machine's cores, one measured at a time.
+        ray_cpus = args.threads * (len(registry.models) + int(args.vs_ray_serve_llm))
+        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
         handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
         sides["handle"] = handle_side(handle)
         sides["http"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"})
+        if vllm_spec is not None:
+            sides["http-vllm"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"}, VLLM_MODEL)
+            if args.vs_ray_serve_llm:
+                from perkunas_ray.bench.ray_serve_llm import ray_serve_llm
+
+                llm_url = stack.enter_context(ray_serve_llm(url, model_dir, VLLM_MODEL, vllm_args, args.threads))
+                sides["ray-serve-llm"] = http_side(llm_url, model=VLLM_MODEL)
         results, per_round = measure(sides, prompts, args.new_tokens)
     table = breakdown(results, streams)
     ratios = print_report(results, table, per_round, streams)
     ratios.update(print_alone(results, alone, streams))
+    if "http-vllm" in results:
+        ratios.update(vllm_ratios(results, alone, per_round, streams))
     print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
+                      "engines": list(engines),
                       "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
                       "results": results, "results_alone": alone, "breakdown_ms_per_token": table,
                       "per_round_tokens_per_s": per_round, **ratios}))
