@@ -27,13 +27,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
                 include_dashboard: bool = False, metrics_export_port: int | None = None) -> None:
     """ray.init (unless already connected) and serve.start on host:port (Prometheus metrics on
-    `metrics_export_port` when given)."""
+    `metrics_export_port` when given). A new local Ray instance, unless RAY_ADDRESS names a cluster to join (then
+    `num_cpus` is the cluster's business): Ray's default would join any cluster `ray start` left on this machine."""
     if not ray.is_initialized():
         # Ray starts its workers at a niceness 15 above the driver's; here the replicas, the ingress and the proxy
         # are the server, and that far down any other load on the machine starves them (unless the caller chose).
         os.environ.setdefault("RAY_worker_niceness", "0")
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False, **extra)
+        address = os.environ.get("RAY_ADDRESS", "")
+        if address and address != "local":
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False,
+                     **extra)
     serve.start(http_options={"host": host, "port": port})
 
 
