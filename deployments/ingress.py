@@ -10,6 +10,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from deployments.router import router_views
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import PerkunasError
 from perkunas_ray.kvserve.api import create_app
@@ -18,6 +19,7 @@ from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.errors import APIError, overloaded, unavailable
 from perkunas_ray.kvserve.metrics import RequestMetrics
 from perkunas_ray.kvserve.registry import Registry
+from perkunas_ray.kvserve.serve_options import deployment_name
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 logger = logging.getLogger("ray.serve")
@@ -88,7 +90,9 @@ class ServeBackend(ServingBackend):
                     gen.cancel()
 
     async def stats(self, model_id: str) -> dict[str, Any]:
-        return await self._call(model_id, "stats")
+        """One replica's engine stats, and what this ingress's KV routers know of every replica ("routers")."""
+        stats = await self._call(model_id, "stats")
+        return {**stats, "routers": router_views(deployment_name(model_id))}
 
 
 class KVServeIngress:

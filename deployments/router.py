@@ -8,6 +8,7 @@ Nothing here blocks: choose_replicas only reads local state.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -20,7 +21,14 @@ from perkunas_ray.kvserve.routing import PrefixIndex, RoutingPolicy
 ROUTED_METHODS = ("stream", "complete")  # the calls that carry a prompt
 
 
+def router_views(deployment: str) -> list[dict[str, Any]]:
+    """The views of this process's KV routers of `deployment` (the ingress shows them in /kvserve/stats)."""
+    return [r.view() for r in list(LIVE_ROUTERS) if r._deployment_id.name == deployment]
+
+
 class KVAwareRequestRouter(RequestRouter):
+    """Serve makes one per DeploymentHandle in the caller's process (here: the ingress)."""
+
     def initialize_state(self, imbalance_threshold: int = 4, optimistic_ttl_s: float = 3.0, block_size: int = 16,
                          **_: Any) -> None:
         self.policy = RoutingPolicy(imbalance_threshold)
@@ -30,6 +38,11 @@ class KVAwareRequestRouter(RequestRouter):
         self.metrics = RouterMetrics(deployment=self._deployment_id.name)
         self._counted: OrderedDict[str, None] = OrderedDict()
         self.num_decisions: defaultdict[str, int] = defaultdict(int)
+        # Serve hands this class to the caller pickled by value: its globals are a copy of this module's, so the
+        # instance registers in the module the ingress imports.
+        import deployments.router as home
+
+        home.LIVE_ROUTERS.add(self)
 
     def _ensure_state(self) -> None:
         if not hasattr(self, "index"):  # initialize_state not called (no kwargs): defaults
@@ -44,6 +57,20 @@ class KVAwareRequestRouter(RequestRouter):
                 self.index.update_snapshot(replica.replica_id.unique_id, stats["kv_hashes"], stats.get("kv_seq"))
                 self.block_size = int(stats.get("block_size", self.block_size))
         self.index.retain(r.replica_id.unique_id for r in replicas)
+
+    def on_replica_actor_died(self, replica_id: Any) -> None:
+        """A replica gone (its node lost, say): forget its cached blocks and load now, not at the controller's
+        next broadcast, so no prompt is steered to a replica that holds nothing anymore."""
+        super().on_replica_actor_died(replica_id)
+        self._ensure_state()
+        self.index.remove_replica(replica_id.unique_id)
+        self.inflight.pop(replica_id.unique_id, None)
+
+    def view(self) -> dict[str, Any]:
+        """What this router knows now: the replicas it routes to and the cached blocks it holds for each."""
+        self._ensure_state()
+        return {"replicas": sorted(r.unique_id for r in self.curr_replicas),
+                "cached_blocks": {r: self.index.num_blocks(r) for r in self.index.replicas()}}
 
     def on_send_request(self, replica_id: Any) -> None:
         super().on_send_request(replica_id)
@@ -79,3 +106,6 @@ class KVAwareRequestRouter(RequestRouter):
             if hashes:
                 self.index.note_routed(decision.replica_id, hashes)
         return [[by_id[r]] for r in decision.ranked]
+
+
+LIVE_ROUTERS: weakref.WeakSet[KVAwareRequestRouter] = weakref.WeakSet()  # this process's routers, for router_views

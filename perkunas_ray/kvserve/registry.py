@@ -182,6 +182,9 @@ class IngressConfig:
     num_cpus: float = 0.0
     max_ongoing_requests: int = 1000
     graceful_shutdown_timeout_s: float = 5.0
+    # Custom Ray resources of each ingress replica: keep it on the head (beside the HTTP proxy), off the nodes
+    # whose loss it must survive.
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> IngressConfig:
         check(is_int(self.num_replicas) and self.num_replicas >= 1, "ingress.num_replicas", "an integer >= 1",
@@ -191,6 +194,7 @@ class IngressConfig:
               "an integer >= 1", self.max_ongoing_requests)
         check(_is_num(self.graceful_shutdown_timeout_s) and self.graceful_shutdown_timeout_s > 0,
               "ingress.graceful_shutdown_timeout_s", "a number > 0", self.graceful_shutdown_timeout_s)
+        check_resources(self.resources, "ingress.resources", "ingress.num_cpus")
         return self
 
 

@@ -46,5 +46,6 @@ def engine_options(spec: ModelSpec) -> dict[str, Any]:
 def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     """`.options(...)` keywords of the HTTP ingress deployment."""
     return {"name": INGRESS_NAME, "num_replicas": ingress.num_replicas, "max_ongoing_requests": ingress.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": ingress.num_cpus},
+            "ray_actor_options": {"num_cpus": ingress.num_cpus,
+                                  **({"resources": dict(ingress.resources)} if ingress.resources else {})},
             "graceful_shutdown_timeout_s": ingress.graceful_shutdown_timeout_s}
