@@ -18,7 +18,8 @@ def ray_serve_llm(base_url: str, model_dir: str | Path, served_name: str, engine
     with the same vLLM engine arguments as our vLLM engine; yields its base URL, deletes the app at the end.
 
     Ray Serve LLM asks for a GPU unless told the hardware: its placement bundle here is CPU only, which makes it
-    pick its CPU accelerator config."""
+    pick its CPU accelerator config. It reserves `num_cpus` + 1 Ray CPUs for the replica (its actor's CPU joins the
+    bundle) and 1 for its ingress."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 

@@ -353,9 +353,10 @@ def run(args: argparse.Namespace) -> int:
         print("alone (no Ray running):", flush=True)
         alone, _ = measure(dict(sides), prompts, args.new_tokens)
         print("beside the Serve cluster:", flush=True)
-        # Ray's CPU count is bookkeeping: each served engine (and Ray Serve LLM's replica) reserves --threads of it,
-        # while all of them share the machine's cores, one measured at a time.
-        ray_cpus = args.threads * (len(registry.models) + int(args.vs_ray_serve_llm))
+        # Ray's CPU count is bookkeeping: each served engine reserves --threads of it, Ray Serve LLM its engine's
+        # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
+        # cores, one measured at a time.
+        ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
         url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
         handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
         sides["handle"] = handle_side(handle)
