@@ -25,7 +25,7 @@ from tests.stream_helpers import (
 pytestmark = pytest.mark.ray
 
 TRAIN, HOST = "perkunas_train", "perkunas_host"  # the custom resources of worker nodes and of the host-tier node
-STEPS = 16
+STEPS = 12
 SETTINGS = dict(max_steps=STEPS, save_every=2, checkpoint__durable_flush_every=2, gradient_accumulation_steps=1,
                 ray__num_workers=2, ray__compute_threads=1, ray__max_failures=3,
                 ray__worker_resources={TRAIN: 1}, ray__helper_resources={HOST: 1})
@@ -51,16 +51,22 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
-    """The uninterrupted run: one in-process worker with 2x accumulation (what 2 workers must equal)."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    result = train_in_process(small_config(data, run_dir, **{**SETTINGS, "gradient_accumulation_steps": 2,
-                                                             "ray__num_workers": 1}))
-    assert result.step == STEPS
-    return run_dir, result
+    """The uninterrupted runs, by accumulation: one in-process worker with N x accumulation is what N workers
+    must equal."""
+    runs: dict[int, Path] = {}
+
+    def run_dir(accumulation: int) -> Path:
+        if accumulation not in runs:
+            runs[accumulation] = tmp_path_factory.mktemp(f"straight{accumulation}") / "run"
+            result = train_in_process(small_config(data, runs[accumulation], **{
+                **SETTINGS, "gradient_accumulation_steps": accumulation, "ray__num_workers": 1}))
+            assert result.step == STEPS
+        return runs[accumulation]
+
+    return run_dir
 
 
-def assert_equals_straight(run_dir: Path, straight) -> float:
-    straight_dir, _ = straight
+def assert_equals_straight(run_dir: Path, straight_dir: Path) -> float:
     final = latest_checkpoint(run_dir)
     assert read_state(final)["step"] == STEPS
     assert read_state(final)["cursor"] == read_state(latest_checkpoint(straight_dir))["cursor"]
@@ -96,12 +102,13 @@ def test_two_workers_on_two_nodes_lose_one_and_end_as_one_worker_with_double_acc
     assert placements(tmp_path / "run") == [({head.head_node.node_id, lost.node_id}, host),
                                             ({head.head_node.node_id, nodes["worker"].node_id}, host)]
     print("max relative difference, 2 workers on 2 nodes (one lost) vs 1 worker x 2:",
-          assert_equals_straight(tmp_path / "run", straight))
+          assert_equals_straight(tmp_path / "run", straight(2)))
 
 
 def test_the_store_node_lost_and_one_added_back(cluster, data, straight, tmp_path):
+    """One worker (on the head or the worker node), the store on the host node, which dies mid-run."""
     head, nodes = cluster
-    run = Training(small_config(data, tmp_path / "run", **SETTINGS))
+    run = Training(small_config(data, tmp_path / "run", **{**SETTINGS, "ray__num_workers": 1}))
     run.wait_for_durable_step(4)
     lost = nodes.pop("host")
     remove_node(head, lost)
@@ -112,7 +119,7 @@ def test_the_store_node_lost_and_one_added_back(cluster, data, straight, tmp_pat
     assert [r["attempt"] for r in restarts] == [1] and restarts[0]["step"] >= 4, restarts
     assert [host for _, host in placements(tmp_path / "run")] == [lost.node_id, nodes["host"].node_id]
     print("max relative difference after losing the store's node:",
-          assert_equals_straight(tmp_path / "run", straight))
+          assert_equals_straight(tmp_path / "run", straight(1)))
 
 
 @pytest.mark.skipif(not can_hide_paths(), reason="needs unshare -m to hide the data dir from one node")
