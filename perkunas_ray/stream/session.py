@@ -67,6 +67,18 @@ def resolve_paths(cfg: RunConfig) -> RunPaths:
     return RunPaths(run_dir, active, log_dir)
 
 
+def fetch_run_files(paths: RunPaths) -> list[str]:
+    """A remote durable dir's run files that this node lacks, fetched into its log dir (a rank 0 that a restart put
+    on another node continues the run's log, and counts its attempts, from the last flush); returns their names."""
+    durable = DurableDir(paths.durable) if paths.mirrored_files else None
+    fetched = []
+    for name in paths.mirrored_files:
+        if not (paths.log_dir / name).is_file() and durable is not None and durable.is_file(name):
+            durable.download_file(name, paths.log_dir / name)
+            fetched.append(name)
+    return fetched
+
+
 def initial_state(cfg: RunConfig, train: PackedTokenDataset) -> dict[str, Any]:
     """state.json of step 0: the cursor at its start and the RNG as torch.manual_seed(seed) leaves it."""
     cursor = BatchCursor(train, cfg.train.micro_batch_size, cfg.train.shuffle_train, cfg.train.seed)

@@ -28,7 +28,7 @@ from perkunas_ray.stream.grad_reduce import gather_rows
 from perkunas_ray.stream.loop import TrainLoop
 from perkunas_ray.stream.node_check import check_paths_here
 from perkunas_ray.stream.ray_backend import RayBackend, end_actors
-from perkunas_ray.stream.session import resolve_paths
+from perkunas_ray.stream.session import fetch_run_files, resolve_paths
 from perkunas_ray.telemetry.schema import TRAIN_LOG, read_log
 
 START_EVENTS = ("start", "restart")  # train_log.jsonl events: an attempt of the worker group began
@@ -69,6 +69,7 @@ def open_on_rank0(cfg: RunConfig, job: WorkerJob, start_actors: ActorStarter,
     start fresh helper actors on it."""
     end_actors(cfg, job.run_name, find_actors(cfg, job.run_name))
     clean_crashed_writes(resolve_paths(cfg))
+    fetch_run_files(resolve_paths(cfg))
     run = open_run(cfg, init=False, write=False, name=job.run_name)  # the driver holds the run dir's lock
     return run, start_actors(run)
 

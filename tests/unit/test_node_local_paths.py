@@ -1,5 +1,6 @@
-"""What a helper on another node opens: the flusher publishes the run files its writer sends (not its own node's
-copies), and the store's checkpoint is this node's copy of the durable one (fetched when the durable dir is a URI)."""
+"""What a process on another node opens: the flusher publishes the run files its writer sends (not its own node's
+copies), the store's checkpoint is this node's copy of the durable one (fetched when the durable dir is a URI), and
+a rank 0 on a new node starts from the durable copies of the run files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from perkunas_ray.checkpoint.durable import DurableDir
 from perkunas_ray.checkpoint.flush import CheckpointFlusher
 from perkunas_ray.checkpoint.format import CHECKPOINTS, checkpoint_dir_name, load_shard, write_checkpoint
 from perkunas_ray.checkpoint.resume import local_checkpoint
+from perkunas_ray.stream.session import RunPaths, fetch_run_files
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +43,16 @@ def test_the_store_reads_its_own_nodes_copy_of_the_checkpoint(tmp_path) -> None:
     copy = local_checkpoint(remote, 2, tmp_path / "store-node-active")
     assert copy == tmp_path / "store-node-active" / CHECKPOINTS / checkpoint_dir_name(2)
     assert torch.equal(load_shard(copy, "s0")["w"], torch.full((4,), 1.0))
+
+
+def test_a_rank_0_on_a_new_node_starts_from_the_durable_run_files(tmp_path) -> None:
+    (tmp_path / "remote").mkdir()  # stands for a remote durable dir: the log dir is this node's active dir
+    DurableDir(f"file://{tmp_path / 'remote'}").write_bytes("train_log.jsonl", b'{"event": "start"}\n')
+    new_node = RunPaths(f"file://{tmp_path / 'remote'}", tmp_path / "active", tmp_path / "active")
+    new_node.active.mkdir()
+    assert fetch_run_files(new_node) == ["train_log.jsonl"]
+    assert (new_node.log_dir / "train_log.jsonl").read_bytes() == b'{"event": "start"}\n'
+    (new_node.log_dir / "train_log.jsonl").write_bytes(b"newer, here\n")
+    assert fetch_run_files(new_node) == []  # this node's own copy is the newer one
+    local = RunPaths(str(tmp_path / "run"), tmp_path / "run" / "active", tmp_path / "run")
+    assert fetch_run_files(local) == []  # a path run dir is the log dir itself
