@@ -35,7 +35,7 @@ from typing import Any
 
 from perkunas_ray.bench import load
 from perkunas_ray.bench.llama_server import llama_server
-from perkunas_ray.bench.serve_vllm import VLLM_MODEL, vllm_ratios
+from perkunas_ray.bench.serve_vllm import VLLM_MODEL, VLLM_SETTLE_S, vllm_ratios
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry, parse_registry
 
@@ -175,10 +175,11 @@ def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODE
     return round_
 
 
-def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[int]]]],
-            new_tokens: int) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[int, list[dict[str, float]]]]:
+def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[int]]]], new_tokens: int,
+            settle_s: float = 0.0) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[int, list[dict[str, float]]]]:
     """Per stream count, every side runs each round in turn (so load on a shared machine hits them alike): per
-    side the median tok/s and latencies over the rounds (after a warm-up round), and each round's tok/s by side."""
+    side the median tok/s and latencies over the rounds (after a warm-up round), and each round's tok/s by side.
+    `settle_s`: a pause before each round, so that no side's round starts while the previous side still spins."""
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in sides}
     per_round: dict[int, list[dict[str, float]]] = {}
     for n, rounds in prompts_by_streams.items():
@@ -187,6 +188,7 @@ def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         for prompts in rounds[1:]:
             for name, round_ in sides.items():
+                time.sleep(settle_s)
                 runs[name].append(round_(prompts, new_tokens))
         per_round[n] = [{name: runs[name][i]["output_tokens_per_s"] for name in sides} for i in range(len(rounds) - 1)]
         for name, rs in runs.items():
@@ -350,8 +352,11 @@ def run(args: argparse.Namespace) -> int:
 
                 sides["vllm-server"] = http_side(stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args)),
                                                  model=VLLM_MODEL)
+        # vLLM's workers busy-poll (sched_yield) for 1 s after their last work (shm_broadcast's busy_loop_s): on a
+        # small machine that takes a core from whichever side runs next, so with vLLM sides every round waits it out.
+        settle_s = VLLM_SETTLE_S if vllm_spec is not None else 0.0
         print("alone (no Ray running):", flush=True)
-        alone, _ = measure(dict(sides), prompts, args.new_tokens)
+        alone, _ = measure(dict(sides), prompts, args.new_tokens, settle_s)
         print("beside the Serve cluster:", flush=True)
         # Ray's CPU count is bookkeeping: each served engine reserves --threads of it, Ray Serve LLM its engine's
         # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
@@ -368,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
 
                 llm_url = stack.enter_context(ray_serve_llm(url, model_dir, VLLM_MODEL, vllm_args, args.threads))
                 sides["ray-serve-llm"] = http_side(llm_url, model=VLLM_MODEL)
-        results, per_round = measure(sides, prompts, args.new_tokens)
+        results, per_round = measure(sides, prompts, args.new_tokens, settle_s)
     table = breakdown(results, streams)
     ratios = print_report(results, table, per_round, streams)
     ratios.update(print_alone(results, alone, streams))

@@ -14,6 +14,7 @@ from typing import Any
 
 VLLM_MODEL = "bench-vllm"
 GOAL_VS_VLLM_SERVER = {1: 0.95, 16: 0.9}  # serve (engine vllm) tok/s / vLLM's server tok/s, at least
+VLLM_SETTLE_S = 1.5  # vLLM's workers spin for 1 s after their last work (busy_loop_s); each round waits past it
 
 
 def engine_args(spec: Any) -> tuple[Path, dict[str, Any]]:
