@@ -16,7 +16,7 @@ from perkunas_ray.errors import ConfigError
 
 T = TypeVar("T")
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # train.dtype; auto: bf16 on a GPU that has it, else fp32 (stream/precision.py)
 OPTIMIZERS = ("adamw", "lion", "adafactor")
 LR_SCHEDULES = ("constant", "cosine", "wsd", "tokens")
 CLIP_MODES = ("global", "shard", "none")
@@ -165,7 +165,7 @@ class TrainConfig:
     seq_len: int = 0  # 0: take it from the data manifest
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    dtype: str = "fp32"  # compute dtype
+    dtype: str = "auto"  # compute dtype (autocast); masters stay fp32. auto: bf16 on CUDA, fp32 on CPU
     master_weight_dtype: str = "fp32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     optimizer: str = "adamw"

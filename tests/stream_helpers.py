@@ -37,6 +37,7 @@ def small_config(data_dir: Path, run_dir: Path, **train: Any) -> RunConfig:
     t.max_steps, t.max_grad_norm, t.learning_rate, t.warmup_steps = 10, 0.5, 3e-3, 2
     t.validate_every = t.save_every = 0
     t.max_validation_batches, t.device = 2, "cpu"
+    t.dtype = "fp32"  # the exactness tests compare fp32 steps, on a GPU too (auto would be bf16 there)
     cfg.checkpoint.run_dir, cfg.checkpoint.durable_flush_every = str(run_dir), 0
     for key, value in train.items():
         section, _, name = key.partition("__")

@@ -17,6 +17,7 @@ import torch
 
 from perkunas_ray.device import torch_dtype
 from perkunas_ray.model.loss import IGNORE_INDEX, count_targets
+from perkunas_ray.stream.precision import dtype_name
 
 
 def mask_untrained(ids: np.ndarray, trained: np.ndarray) -> np.ndarray:
@@ -50,6 +51,8 @@ def micro_batch_weights(targets: Sequence[torch.Tensor], total: int | None = Non
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """`dtype`: fp32 (no autocast), bf16, fp16, or auto (resolved for `device`: stream/precision.py)."""
+    dtype = dtype_name(dtype, device)
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch_dtype(dtype))
