@@ -23,6 +23,7 @@ CLIP_MODES = ("global", "shard", "none")
 TRACE_STORAGES = ("cpu", "device", "secondary-device", "object-store")
 PREFETCH_MODES = ("none", "cpu")
 GUARD_EXHAUST = ("accept", "reject")
+RESIDENT_MODES = ("auto", "on", "off")  # stream.resident
 
 
 def is_int(value: Any) -> bool:
@@ -240,6 +241,14 @@ class StreamConfig:
     guard_replay_grad_norm_scales: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.35, 0.25, 0.1)
     guard_replay_on_exhaust: str = "accept"
 
+    # In process: every shard stays on the device and the optimizer runs there, when the whole training state fits
+    # (auto: the planner's verdict on a CUDA device's budget; on: always; off: always stream). stream/residency.py
+    resident: str = "auto"
+    overlap_updates: bool = True  # in process: the store updates on a thread beside compute (off: inline)
+    # ZeRO-Offload's one-step-delayed parameter update after the warm-up steps: step k's forward and backward read
+    # the parameters before step k-1's update, which runs beside them. Not exact (in process only).
+    delayed_update: bool = False
+    delayed_update_warmup_steps: int = 10
     def validate(self, prefix: str = "stream") -> StreamConfig:
         check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
               ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
@@ -263,6 +272,15 @@ class StreamConfig:
         return self
 
 
+        check_choice(self.resident, f"{prefix}.resident", RESIDENT_MODES)
+        check(self.delayed_update_warmup_steps >= 0, f"{prefix}.delayed_update_warmup_steps", ">= 0",
+              self.delayed_update_warmup_steps)
+        check(not (self.delayed_update and self.guarded_step_replay), f"{prefix}.delayed_update",
+              "off with guarded_step_replay (a replay re-measures the update the delay has not applied yet)",
+              self.delayed_update)
+        check(not (self.delayed_update and self.resident == "on"), f"{prefix}.delayed_update",
+              "off with stream.resident on (the delay hides a host optimizer; a resident run has none)",
+              self.delayed_update)
 @dataclasses.dataclass
 class CheckpointConfig:
     """Where the run lives: the durable archive, the fast active copy, and how often to publish."""

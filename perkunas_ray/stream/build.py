@@ -29,6 +29,7 @@ from perkunas_ray.run_setup import check_run_dir_matches, open_datasets, seed_ru
 from perkunas_ray.stream.interface import TrainResult
 from perkunas_ray.stream.local import LocalBackend
 from perkunas_ray.stream.loop import Backend, TrainLoop, mean_eval_loss
+from perkunas_ray.stream.residency import choose_resident, device_store
 from perkunas_ray.stream.session import RunPaths, check_model_matches, init_run, latest_state, resolve_paths
 from perkunas_ray.stream.store import ShardStore
 
@@ -127,12 +128,18 @@ def open_run(cfg: RunConfig, init: bool, recorded: RunConfig | None = None, name
 
 
 def local_backend(run: TrainRun) -> LocalBackend:
-    """The in-process backend: store, compute and flusher as plain objects in this process (no Ray)."""
+    """The in-process backend: store, compute and flusher as plain objects in this process (no Ray); on the
+    resident path when stream.resident decides so (stream/residency.py)."""
     cfg, paths = run.cfg, run.paths
     flusher = CheckpointFlusher(paths.durable, paths.active, cfg.checkpoint.keep_last_checkpoints,
                                 paths.mirrored_files)
+    device = resolve_device(cfg.train.device)
+    shaped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seq_len=run.train_data.seq_len))
+    if choose_resident(shaped, device):
+        store = device_store(cfg, run.checkpoint_dir, device)
+        return LocalBackend(cfg, store, device, paths.active, flusher, resident=True)
     store = ShardStore.from_checkpoint(cfg, run.checkpoint_dir, verify=False)  # open_run verified it
-    return LocalBackend(cfg, store, resolve_device(cfg.train.device), paths.active, flusher)
+    return LocalBackend(cfg, store, device, paths.active, flusher)
 
 
 def record_invocation(run: TrainRun) -> None:

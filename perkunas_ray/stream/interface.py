@@ -20,6 +20,7 @@ class UpdatePlan:
     clip_mode: str  # global | shard | none
     max_grad_norm: float
     loss_scale: float = 1.0  # fp16 dynamic loss scale; grads are unscaled before they leave the device
+    delayed: bool = False  # this step's updates may run beside the next step, which reads the shards before them
 
 
 @dataclasses.dataclass

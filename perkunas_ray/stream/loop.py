@@ -108,7 +108,9 @@ class TrainLoop:
         start = time.perf_counter()
         lr = lr_at(t, self.step, self.tokens_seen)
         batch = np.stack([self.cursor.next_batch() for _ in range(t.gradient_accumulation_steps)])
-        plan = UpdatePlan(lr, self._immediate(), t.grad_clip_mode, t.max_grad_norm, self.scaler.scale)
+        s = self.cfg.stream
+        delayed = s.delayed_update and self.step >= s.delayed_update_warmup_steps
+        plan = UpdatePlan(lr, self._immediate(), t.grad_clip_mode, t.max_grad_norm, self.scaler.scale, delayed)
         stats, pending = self.backend.train_step(batch, plan, snapshot=self.guard is not None)
         self._finish_pending()  # the previous step's updates are done: this step's forward read them
         norms = [n for name in self.shard_names for n in stats.param_norms.get(name, [])]
