@@ -110,6 +110,8 @@ def train_run(run: TrainRun, args: argparse.Namespace, started: float) -> None:
     if run.state["step"] and verbose:
         print(f"resuming from {run.checkpoint_dir} (step {run.state['step']}, {run.state['tokens_seen']:,} tokens)",
               flush=True)
+    if run.cfg.stream.delayed_update and not args.in_process:
+        raise ConfigError("stream.delayed_update (--delayed-update) runs in process only: add --in-process")
     if args.in_process:
         result = train(run, local_backend, verbose)
     else:  # Ray loads only when the run trains on it (`perkunas --help` and --in-process stay quick)
