@@ -60,6 +60,7 @@ class Case:
     quarter_of: str = ""
     trace_storage: str = "cpu"
     lm_head_chunk_tokens: int = 1024
+    delayed: bool = False  # --delayed-update after one warm-up step (not exact: it shows what the delay buys)
 
 
 def done_when_cases(seq_len: int) -> list[Case]:
@@ -70,13 +71,16 @@ def done_when_cases(seq_len: int) -> list[Case]:
         Case("small_streamed", "small", False, 2, per_step // 2, quarter_of="small_resident"),
         Case("xl_streamed_8gib", "xl", False, 4, 2 * per_step // 4, budget_bytes=8 * GIB),
         Case("xxl_streamed_8gib", "xxl", False, 4, 2 * per_step // 4, budget_bytes=8 * GIB),
+        Case("xl_streamed_8gib_delayed", "xl", False, 4, 2 * per_step // 4, budget_bytes=8 * GIB, delayed=True),
     ]
 
 
 def tiny_cases() -> list[Case]:
     """The same plumbing on a CPU in seconds (--device cpu --tiny)."""
     return [Case("tiny_resident", "tiny", True, 2, 2, trace_storage="device", lm_head_chunk_tokens=64),
-            Case("tiny_streamed", "tiny", False, 2, 2, quarter_of="tiny_resident", lm_head_chunk_tokens=64)]
+            Case("tiny_streamed", "tiny", False, 2, 2, quarter_of="tiny_resident", lm_head_chunk_tokens=64),
+            Case("tiny_streamed_delayed", "tiny", False, 2, 2, quarter_of="tiny_resident", lm_head_chunk_tokens=64,
+                 delayed=True)]
 
 
 def run_config(case: Case, device: torch.device, seq_len: int, budget: int) -> RunConfig:
@@ -87,6 +91,7 @@ def run_config(case: Case, device: torch.device, seq_len: int, budget: int) -> R
     t.gradient_accumulation_steps, t.grad_clip_mode, t.max_grad_norm = case.accumulation, "global", 1.0
     t.lr_schedule, t.learning_rate = "constant", 3e-4
     s.resident, s.trace_storage, s.max_resident_bytes = ("on" if case.resident else "off"), case.trace_storage, budget
+    s.delayed_update, s.delayed_update_warmup_steps = case.delayed, 1
     return cfg.validate()
 
 
@@ -122,7 +127,7 @@ def _sync(device: torch.device) -> None:
 
 def _steps(backend: LocalBackend, cfg: RunConfig, batch: np.ndarray, device: torch.device, warmup: int,
            steps: int) -> dict[str, Any]:
-    t = cfg.train
+    t, s = cfg.train, cfg.stream
     previous: PendingUpdates | None = None
     peaks, losses = [], []
     start = time.perf_counter()
@@ -133,7 +138,8 @@ def _steps(backend: LocalBackend, cfg: RunConfig, batch: np.ndarray, device: tor
                 previous = None
             _sync(device)
             start = time.perf_counter()
-        plan = UpdatePlan(t.learning_rate, False, "global", t.max_grad_norm)
+        delayed = s.delayed_update and index >= s.delayed_update_warmup_steps
+        plan = UpdatePlan(t.learning_rate, False, "global", t.max_grad_norm, delayed=delayed)
         stats, _ = backend.train_step(batch, plan, snapshot=False)
         if previous is not None:
             backend.update_stats(previous)  # as the loop does: the previous step's updates, read by this one
@@ -166,7 +172,8 @@ def run_case(case: Case, device: torch.device, seq_len: int, warmup: int, steps:
     states[case.name] = state
     out: dict[str, Any] = {"params": params, "dtype": compute_dtype_name(cfg.train, device), "budget_bytes": budget,
                            "training_state_bytes": state, "micro_batch_size": case.micro_batch_size,
-                           "accumulation": case.accumulation, "trace_storage": case.trace_storage}
+                           "accumulation": case.accumulation, "trace_storage": case.trace_storage,
+                           "delayed_update": case.delayed}
     try:
         out.update(measure(cfg, device, case.resident, warmup, steps))
     except (ConfigError, torch.OutOfMemoryError) as exc:
@@ -206,6 +213,10 @@ def gpu_tests(timeout_s: float) -> dict[str, Any]:
 def register(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("gpu", help="the single-GPU device check: GPU tests + resident/streamed MFU, one JSON line",
                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu with --tiny (a plumbing smoke run)")
     p.add_argument("--tiny", action="store_true", help="the micro preset, two short runs: proves the script here")
     p.add_argument("--steps", type=int, default=3, help="measured steps per run (after the warm-up)")
@@ -252,3 +263,16 @@ def run(args: argparse.Namespace) -> int:
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m perkunas_ray.bench.gpu`: the same, without the `perkunas` command (a GPU machine with neither Ray
+    nor this project's virtualenv, whose interpreter check would hand the command over)."""
+    parser = argparse.ArgumentParser(prog="python -m perkunas_ray.bench.gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

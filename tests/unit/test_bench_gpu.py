@@ -40,6 +40,8 @@ def test_tiny_cpu_smoke_prints_one_json_line_with_both_runs(capsys):
     assert streamed["budget_bytes"] == resident["training_state_bytes"] // 4
     assert streamed["peak_within_budget"]
     assert result["streamed_over_resident"] > 0
+    delayed = result["runs"]["tiny_streamed_delayed"]
+    assert delayed["delayed_update"] and delayed["losses_finite"]
 
 
 def test_the_done_when_runs_are_the_issues():
