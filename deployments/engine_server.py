@@ -11,19 +11,25 @@ from perkunas_ray.kvserve.service import EngineService
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 
+def replica_engine_service(spec: ModelSpec) -> EngineService:
+    """The engine service of this Serve replica: torch's threads set from the spec, metrics tagged with the
+    replica's id."""
+    import torch
+    from ray import serve
+
+    torch.set_num_threads(spec.resolved_num_threads)
+    try:
+        replica = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica (direct construction in tests)
+        replica = "local"
+    return EngineService(spec, replica=replica)
+
+
 class EngineServer:
     """Options (replicas, resources, router) are applied by `deployments.app.build_registry_app`."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        import torch
-        from ray import serve
-
-        torch.set_num_threads(spec.resolved_num_threads)
-        try:
-            replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # noqa: BLE001 - outside a replica (direct construction in tests)
-            replica = "local"
-        self.service = EngineService(spec, replica=replica)
+        self.service = replica_engine_service(spec)
 
     def info(self) -> ModelInfo:
         return self.service.info()

@@ -10,6 +10,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from deployments.rate_board import SharedRateLimiter
 from deployments.router import router_views
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.errors import PerkunasError
@@ -98,12 +99,16 @@ class ServeBackend(ServingBackend):
 class KVServeIngress:
     """Options (replicas, resources, concurrency) are applied by `deployments.app.build_registry_app`."""
 
-    def __init__(self, handles: dict[str, Any], registry: Registry, api_tokens: Any = None) -> None:
+    def __init__(self, handles: dict[str, Any], registry: Registry, api_tokens: Any = None,
+                 rate_board: Any = None) -> None:
         self.auth = TokenAuth(resolve_tokens(api_tokens, registry.api_tokens))
         self.backend = ServeBackend(registry, handles)
+        # Several ingress replicas share one budget per key (deployments/rate_board.py); one keeps its own.
+        self.rate_limiter = None if rate_board is None else SharedRateLimiter(rate_board, registry.limits)
         self.max_body_bytes = registry.max_body_bytes
         log = logger.info if self.auth.enabled else logger.warning
         log("kvserve ingress: %s", self.auth.describe())
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.backend, self.auth, max_body_bytes=self.max_body_bytes, metrics=RequestMetrics())
+        return create_app(self.backend, self.auth, max_body_bytes=self.max_body_bytes, metrics=RequestMetrics(),
+                          rate_limiter=self.rate_limiter)

@@ -16,12 +16,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perkunas_ray.errors import PerkunasError
+from perkunas_ray.kvserve.admission import registry_admission
 from perkunas_ray.kvserve.auth import TokenAuth
 from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.body import validation_message
 from perkunas_ray.kvserve.errors import APIError, error_body, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
-from perkunas_ray.kvserve.rate_limit import RateLimiter
+from perkunas_ray.kvserve.rate_limit import RateLimit, RateLimiter
 from perkunas_ray.kvserve.routes import AppState, router
 
 logger = logging.getLogger("perkunas.kvserve")
@@ -29,12 +30,15 @@ PLAYGROUND = Path(__file__).with_name("playground")
 
 
 def create_app(backend: ServingBackend, auth: TokenAuth, *, max_body_bytes: int = 1 << 20,
-               metrics: RequestMetrics | None = None) -> FastAPI:
+               metrics: RequestMetrics | None = None, rate_limiter: RateLimit | None = None) -> FastAPI:
+    """`rate_limiter`: this replica's own (the default), or one shared by every ingress replica."""
     metrics = metrics or RequestMetrics(enabled=False)
+    rate_limiter = rate_limiter or RateLimiter(backend.registry.limits)
     # The OpenAPI schema is served (clients and the fuzz tests read it); the interactive docs stay off.
     app = FastAPI(title="perkunas kvserve", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     logger.info("kvserve: %s", auth.describe())
-    app.state.kvserve = AppState(backend, auth, metrics, max_body_bytes, RateLimiter(backend.registry.limits))
+    app.state.kvserve = AppState(backend, auth, metrics, max_body_bytes, rate_limiter,
+                                  registry_admission(backend.registry))
     _add_error_handlers(app, metrics)
 
     @app.get("/health")

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from perkunas_ray.engine.interface import SamplingParams
+from perkunas_ray.kvserve.admission import Admission, Slot
 from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.errors import APIError, internal_error, new_error_id
 from perkunas_ray.kvserve.metrics import RequestMetrics
@@ -51,9 +52,20 @@ async def _close(deltas: AsyncIterator[Any]) -> None:
         await asyncio.shield(aclose())
 
 
-async def generate(backend: ServingBackend, metrics: RequestMetrics, reply: Reply, req: Any, token_ids: list[int],
-                   params: SamplingParams) -> Any:
-    """The whole response (`req.stream` false), else a StreamingResponse of SSE events."""
+async def generate(backend: ServingBackend, metrics: RequestMetrics, admission: Admission, reply: Reply, req: Any,
+                   token_ids: list[int], params: SamplingParams) -> Any:
+    """The whole response (`req.stream` false), else a StreamingResponse of SSE events. The request holds an
+    admission slot until its last byte (a stream: until its SSE generator ends)."""
+    slot = admission.enter()
+    try:
+        return await _generate(backend, metrics, slot, reply, req, token_ids, params)
+    except BaseException:
+        slot.release()
+        raise
+
+
+async def _generate(backend: ServingBackend, metrics: RequestMetrics, slot: Slot, reply: Reply, req: Any,
+                    token_ids: list[int], params: SamplingParams) -> Any:
     model = reply.model
     timer = _Timer(metrics, model)
     metrics.prompt_tokens.inc(len(token_ids), tags={"model": model})
@@ -64,6 +76,7 @@ async def generate(backend: ServingBackend, metrics: RequestMetrics, reply: Repl
         acc.add(delta)
         timer.done(acc)
         metrics.request(reply.route, 200)
+        slot.release()
         return reply.response(acc)
     deltas = backend.stream(model, reply.request_id, token_ids, params)
     # Pull the first delta before answering 200, so an engine-side refusal is still a proper error.
@@ -76,12 +89,12 @@ async def generate(backend: ServingBackend, metrics: RequestMetrics, reply: Repl
         raise
     metrics.request(reply.route, 200)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return StreamingResponse(_sse(reply, first, deltas, acc, timer, include_usage), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(_sse(reply, first, deltas, acc, timer, include_usage, slot),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _sse(reply: Reply, first: OutputDelta | None, deltas: AsyncIterator[OutputDelta], acc: Accumulator,
-               timer: _Timer, include_usage: bool) -> AsyncIterator[str]:
+               timer: _Timer, include_usage: bool, slot: Slot) -> AsyncIterator[str]:
     """SSE events for one request. A client that goes away cancels this generator: the engine call is
     closed (cancelled downstream), which aborts the request and frees its KV blocks."""
 
@@ -111,4 +124,5 @@ async def _sse(reply: Reply, first: OutputDelta | None, deltas: AsyncIterator[Ou
         yield sse(error.body())
         yield DONE
     finally:
+        slot.release()
         await _close(deltas)

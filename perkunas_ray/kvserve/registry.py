@@ -12,7 +12,7 @@ models:
     follow: false             # true: serve each newer checkpoint of the run as it appears (poll: follow_poll_s)
     kv_policy: {block_size: 16, num_blocks: 512, enable_prefix_caching: true}  # vllm on cpu: block_size 32
 router: {policy: kv, imbalance_threshold: 4}
-ingress: {num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
+ingress: {mode: auto, num_replicas: 1, num_cpus: 0, max_ongoing_requests: 1000}
 limits: {max_n: 16, max_stop: 16, max_total_tokens: 65536, requests_per_minute: 0}
 ```
 It also holds every Ray Serve option of the deployments (replicas, resources, concurrency, health checks;
@@ -34,6 +34,7 @@ ENGINES = ("native", "vllm")
 VLLM_CPU_BLOCK_SIZE = 32  # the default kv_policy.block_size of engine vllm on cpu (the native engine's: 16)
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 ROUTER_POLICIES = ("kv", "pow2")
+INGRESS_MODES = ("auto", "separate", "combined")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 TOP_LEVEL_KEYS = ("models", "router", "ingress", "limits", "api_tokens", "max_body_bytes")
 # What `serve run` / `serve deploy` may pass to the app builder (deployments.app:build_app).
@@ -176,22 +177,33 @@ class RouterConfig:
 
 @dataclasses.dataclass
 class IngressConfig:
-    """The HTTP ingress deployment's Serve options."""
+    """The HTTP ingress deployment's Serve options.
 
+    mode: `separate` runs the OpenAI routes in their own deployment, which calls the engine replicas by handle
+    (what several models, several replicas and the KV-aware router need); `combined` serves them from the one
+    engine replica of the one model (no ingress -> engine hop per request and per stream message); `auto`:
+    combined when the registry is one model with one fixed replica and one ingress replica, else separate.
+    """
+
+    mode: str = "auto"
     num_replicas: int = 1
     num_cpus: float = 0.0
-    max_ongoing_requests: int = 1000
+    max_ongoing_requests: int = 1000  # generation requests in flight per replica; past it: 503 with Retry-After
+    retry_after_s: float = 1.0
     graceful_shutdown_timeout_s: float = 5.0
     # Custom Ray resources of each ingress replica: keep it on the head (beside the HTTP proxy), off the nodes
     # whose loss it must survive.
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> IngressConfig:
+        check(self.mode in INGRESS_MODES, "ingress.mode", " | ".join(INGRESS_MODES), self.mode)
         check(is_int(self.num_replicas) and self.num_replicas >= 1, "ingress.num_replicas", "an integer >= 1",
               self.num_replicas)
         check(_is_num(self.num_cpus) and self.num_cpus >= 0, "ingress.num_cpus", "a number >= 0", self.num_cpus)
         check(is_int(self.max_ongoing_requests) and self.max_ongoing_requests >= 1, "ingress.max_ongoing_requests",
               "an integer >= 1", self.max_ongoing_requests)
+        check(_is_num(self.retry_after_s) and self.retry_after_s >= 0, "ingress.retry_after_s", "a number >= 0",
+              self.retry_after_s)
         check(_is_num(self.graceful_shutdown_timeout_s) and self.graceful_shutdown_timeout_s > 0,
               "ingress.graceful_shutdown_timeout_s", "a number > 0", self.graceful_shutdown_timeout_s)
         check_resources(self.resources, "ingress.resources", "ingress.num_cpus")
@@ -231,9 +243,24 @@ class Registry:
         self.router.validate()
         self.ingress.validate()
         self.limits.validate()
+        if self.ingress.mode == "combined" and not self.one_replica_of_one_model():
+            raise ConfigError("ingress.mode: combined serves the routes from the engine replica, so it takes one model "
+                              "with num_replicas 1 (no autoscaling_config) and ingress.num_replicas 1; got "
+                              f"{len(self.models)} model(s); use mode separate (or auto)")
         check(is_int(self.max_body_bytes) and self.max_body_bytes >= 1024, "max_body_bytes", "an integer >= 1024",
               self.max_body_bytes)
         return self
+
+    def one_replica_of_one_model(self) -> bool:
+        if len(self.models) != 1 or self.ingress.num_replicas != 1:
+            return False
+        spec = next(iter(self.models.values()))
+        return spec.autoscaling_config is None and spec.num_replicas == 1
+
+    @property
+    def combined(self) -> bool:
+        """Whether the routes run in the engine replica (see IngressConfig.mode)."""
+        return self.ingress.mode == "combined" or (self.ingress.mode == "auto" and self.one_replica_of_one_model())
 
 
 def _reject_unknown(raw: Mapping[str, Any], cls: type, what: str, exclude: frozenset[str] = frozenset()) -> None:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from perkunas_ray.kvserve import convert
+from perkunas_ray.kvserve.admission import Admission
 from perkunas_ray.kvserve.auth import TokenAuth
 from perkunas_ray.kvserve.backend import ServingBackend
 from perkunas_ray.kvserve.body import parse, read_json
@@ -34,7 +35,7 @@ from perkunas_ray.kvserve.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
-from perkunas_ray.kvserve.rate_limit import RateLimiter
+from perkunas_ray.kvserve.rate_limit import RateLimit
 from perkunas_ray.kvserve.replies import ChatReply, CompletionReply, Echo
 from perkunas_ray.kvserve.unsupported import check_supported
 
@@ -47,7 +48,8 @@ class AppState:
     auth: TokenAuth
     metrics: RequestMetrics
     max_body_bytes: int
-    rate_limiter: RateLimiter
+    rate_limiter: RateLimit
+    admission: Admission
 
 
 def app_state(request: Request) -> AppState:
@@ -63,7 +65,7 @@ async def authorized(state: State, authorization: Annotated[str | None, Security
     name = state.auth.check(authorization)
     if name is None:
         raise unauthorized()
-    state.rate_limiter.check(name)
+    await state.rate_limiter.acquire(name)
     return name
 
 
@@ -139,7 +141,7 @@ async def completions(body: JSONBody, state: State) -> Any:
     params = with_logprobs(params, num_logprobs, prompt=req.echo)
     echo = Echo(text if text is not None else frontend.decode(token_ids), token_ids, echo_only) if req.echo else None
     reply = CompletionReply(frontend.model_id, req.n, echo, logprobs_format(num_logprobs, frontend))
-    return await generate(state.backend, state.metrics, reply, req, token_ids, params)
+    return await generate(state.backend, state.metrics, state.admission, reply, req, token_ids, params)
 
 
 @router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
@@ -153,4 +155,4 @@ async def chat_completions(body: JSONBody, state: State) -> Any:
     params = convert.sampling_params(req, frontend, len(token_ids), max_tokens, state.backend.registry.limits)
     params = with_logprobs(params, num_logprobs)
     reply = ChatReply(frontend.model_id, req.n, logprobs_format(num_logprobs, frontend))
-    return await generate(state.backend, state.metrics, reply, req, token_ids, params)
+    return await generate(state.backend, state.metrics, state.admission, reply, req, token_ids, params)

@@ -8,6 +8,10 @@ from typing import Any
 from perkunas_ray.kvserve.registry import IngressConfig, ModelSpec, RouterConfig
 
 INGRESS_NAME = "kvserve_ingress"
+# Serve slots of an ingress replica past its admission limit (kvserve/admission.py): Serve's proxy then never
+# rejects or queues a request the app would take (its rejection is plain text), and /health, /v1/models and the
+# refused requests themselves still get through while the generation routes are full.
+ADMISSION_HEADROOM = 64
 
 
 def deployment_name(model_id: str) -> str:
@@ -44,8 +48,19 @@ def engine_options(spec: ModelSpec) -> dict[str, Any]:
 
 
 def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
-    """`.options(...)` keywords of the HTTP ingress deployment."""
-    return {"name": INGRESS_NAME, "num_replicas": ingress.num_replicas, "max_ongoing_requests": ingress.max_ongoing_requests,
+    """`.options(...)` keywords of the HTTP ingress deployment (`mode: separate`)."""
+    return {"name": INGRESS_NAME, "num_replicas": ingress.num_replicas,
+            "max_ongoing_requests": ingress.max_ongoing_requests + ADMISSION_HEADROOM,
             "ray_actor_options": {"num_cpus": ingress.num_cpus,
                                   **({"resources": dict(ingress.resources)} if ingress.resources else {})},
             "graceful_shutdown_timeout_s": ingress.graceful_shutdown_timeout_s}
+
+
+def combined_options(spec: ModelSpec) -> dict[str, Any]:
+    """`.options(...)` keywords of the one deployment that is both ingress and engine (`mode: combined`): the
+    engine's placement; its queue limit is the app's admission (max_ongoing_requests + max_queued_requests)."""
+    options = engine_options(spec)
+    limit = spec.max_ongoing_requests + max(0, spec.max_queued_requests)
+    options.update(name=INGRESS_NAME, max_ongoing_requests=limit + ADMISSION_HEADROOM, max_queued_requests=-1)
+    del options["backpressure_config"]
+    return options

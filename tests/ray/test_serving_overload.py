@@ -1,5 +1,6 @@
-"""kvserve on a local Ray Serve under stress: a full engine queue answers 503 with Retry-After (OpenAI-shaped),
-and an engine replica dying mid-stream ends the SSE stream with an error event, then [DONE]."""
+"""kvserve on a local Ray Serve under stress, with a separate ingress: a full engine queue answers 503 with
+Retry-After (OpenAI-shaped), and an engine replica dying mid-stream ends the SSE stream with an error event, then
+[DONE]. (The ingress's own limits and the combined mode: test_serving_ingress.py.)"""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def server(tmp_path_factory):
 
     run = make_tiny_run_dir(tmp_path_factory.mktemp("overload") / "tiny")
     registry = tmp_path_factory.mktemp("reg") / "registry.yaml"
+    # ingress separate: the engine replica's own queue is what fills up, and it is killed below without the routes
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_cpus: 0\n    max_ongoing_requests: 1\n"
-                        "    max_queued_requests: 1\n    retry_after_s: 2\n    kv_policy: {num_blocks: 256}\n")
+                        "    max_queued_requests: 1\n    retry_after_s: 2\n    kv_policy: {num_blocks: 256}\n"
+                        "ingress: {mode: separate}\n")
     with launch.serving(load_registry(registry), f"test:{TOKEN}", num_cpus=2) as url:
         yield url
 
