@@ -233,6 +233,7 @@ class StreamConfig:
     trace_storage_device: str = ""  # for secondary-device, e.g. cuda:1
     async_shard_writes: bool = True
     max_pending_shard_writes: int = 4
+    store_threads: int = 0  # the store's optimizer threads; 0: 1 beside CPU compute, the cores (<= 8) beside CUDA
     guarded_step_replay: bool = False
     guard_replay_max_replays: int = 6
     guard_replay_loss_tolerance: float = 0.004
@@ -262,6 +263,8 @@ class StreamConfig:
         check_choice(self.trace_storage, f"{prefix}.trace_storage", TRACE_STORAGES)
         check(self.max_pending_shard_writes > 0, f"{prefix}.max_pending_shard_writes", "> 0",
               self.max_pending_shard_writes)
+        check(is_int(self.store_threads) and self.store_threads >= 0, f"{prefix}.store_threads",
+              "an integer >= 0 (0: auto)", self.store_threads)
         check(self.guard_replay_max_replays >= 0, f"{prefix}.guard_replay_max_replays", ">= 0",
               self.guard_replay_max_replays)
         for name in ("guard_replay_lr_scales", "guard_replay_grad_norm_scales"):

@@ -1,12 +1,12 @@
-"""`perkunas bench {train,engine,kvserve,serve,soak,gpu}`: benchmarks that run contender and baseline in one process run."""
+"""`perkunas bench {train,store,engine,kvserve,serve,soak,gpu}`: benchmarks that run contender and baseline in one process run."""
 
 from __future__ import annotations
 
 import argparse
 
-from perkunas_ray.bench import engine, gpu, kvserve, serve, soak, train
+from perkunas_ray.bench import engine, gpu, kvserve, serve, soak, store, train
 
-BENCHMARKS = (train, engine, kvserve, serve, soak, gpu)
+BENCHMARKS = (train, store, engine, kvserve, serve, soak, gpu)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

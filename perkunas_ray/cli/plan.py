@@ -1,4 +1,5 @@
-"""`perkunas plan`: will this model train within this memory budget? Predicted peak, largest micro-batch, layout."""
+"""`perkunas plan`: will this model train within this memory budget? Predicted peak, largest micro-batch, layout; on
+CUDA, from how many tokens a step the shard copies and the host optimizer hide behind compute."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from pathlib import Path
 
 import torch
 
-from perkunas_ray.config import ModelConfig, RunConfig, from_dict, load_mapping
-from perkunas_ray.device import TORCH_DTYPES, resolve_device
+from perkunas_ray.config import DTYPES, ModelConfig, RunConfig, from_dict, load_mapping
+from perkunas_ray.device import resolve_device
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.model.presets import load_preset, preset_names
 from perkunas_ray.stream.plan import MemoryPlan, check_budget, largest_micro_batch, layouts, parse_bytes
-from perkunas_ray.stream.plan_measure import measure_peak, measured_largest_micro_batch
+from perkunas_ray.stream.plan_measure import measure_peak, measure_update_rate, measured_largest_micro_batch
+from perkunas_ray.stream.plan_overlap import (
+    DEFAULT_DEVICE,
+    DEFAULT_MFU,
+    DEVICES,
+    UPDATE_PARAMS_PER_S_PER_THREAD,
+    step_time,
+)
+from perkunas_ray.stream.precision import compute_dtype_name
+from perkunas_ray.stream.store_threads import resolve_store_threads
 
 MIB = 2**20
 
@@ -32,13 +42,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers-per-shard", type=int, default=None, help="default: the model's")
     p.add_argument("--vocab-size", type=int, default=None, help="override the model's vocab size")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="fp32", choices=tuple(TORCH_DTYPES),
-                   help="compute dtype (the model of activations is exact for fp32, approximate otherwise)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="compute dtype (auto: bf16 on cuda, fp32 on cpu; the model of activations is exact for fp32, "
+                        "approximate otherwise)")
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "lion", "adafactor"))
     p.add_argument("--max-resident-shards", type=int, default=2)
     p.add_argument("--measure", action="store_true",
                    help="also run real streamed steps here and print the measured peak beside the prediction")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    t = p.add_argument_group("time (with --device cuda): the tokens a step from which copies and the update hide")
+    t.add_argument("--gpu", default=DEFAULT_DEVICE, choices=tuple(DEVICES), help="a known GPU's peaks and host link")
+    t.add_argument("--device-tflops", type=float, default=0.0, help="the GPU's peak TFLOP/s in the compute dtype "
+                                                                    "(default: --gpu's)")
+    t.add_argument("--link-gbps", type=float, default=0.0, help="host <-> device GB/s each way (default: --gpu's)")
+    t.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="the fraction of the peak the step's matmuls reach")
+    t.add_argument("--store-threads", type=int, default=0, help="the store's update threads (0: auto, as the store "
+                                                                "picks on a CUDA node of --host-cores cores)")
+    t.add_argument("--host-cores", type=int, default=16, help="the GPU node's cores (for --store-threads 0)")
+    t.add_argument("--update-rate", type=float, default=UPDATE_PARAMS_PER_S_PER_THREAD / 1e9,
+                   help="the store's update rate per thread, G parameters/s (default: AdamW on one EPYC core)")
+    t.add_argument("--measure-update", action="store_true",
+                   help="measure the update rate on this machine's cores instead (the largest block shard)")
     p.set_defaults(func=run)
 
 
@@ -73,6 +97,15 @@ def plan_config(args: argparse.Namespace) -> RunConfig:
     cfg.stream.max_resident_shards = args.max_resident_shards
     cfg.stream.max_resident_bytes = parse_bytes(args.budget)
     cfg.stream.validate()
+    for flag, value, ok, expected in (
+            ("--mfu", args.mfu, 0 < args.mfu <= 1, "in (0, 1]"),
+            ("--device-tflops", args.device_tflops, args.device_tflops >= 0, ">= 0 (0: --gpu's)"),
+            ("--link-gbps", args.link_gbps, args.link_gbps >= 0, ">= 0 (0: --gpu's)"),
+            ("--update-rate", args.update_rate, args.update_rate > 0, "> 0"),
+            ("--store-threads", args.store_threads, args.store_threads >= 0, ">= 0 (0: auto)"),
+            ("--host-cores", args.host_cores, args.host_cores >= 1, ">= 1")):
+        if not ok:
+            raise ConfigError(f"{flag} must be {expected}, got {value}")
     return cfg
 
 
@@ -93,6 +126,37 @@ def report(cfg: RunConfig, plan: MemoryPlan, budget: int, device: str) -> dict:
                     for lps, p, mb in layouts(cfg, budget, device)],
         "host_bytes": plan.host_bytes, "host_total_bytes": sum(plan.host_bytes.values()),
     }
+
+
+def time_report(cfg: RunConfig, args: argparse.Namespace) -> dict:
+    """The time model's figures for a step of this config on --gpu (plan_overlap.py)."""
+    gpu = DEVICES[args.gpu]
+    dtype = compute_dtype_name(cfg.train, "cuda")
+    tflops = args.device_tflops or (gpu.fp32_tflops if dtype == "fp32" else gpu.bf16_tflops)
+    link_gbps = args.link_gbps or gpu.link_gbps
+    threads = resolve_store_threads(args.store_threads, "cuda", args.host_cores)
+    per_thread = measure_update_rate(cfg, 1) if args.measure_update else args.update_rate * 1e9
+    st = step_time(cfg, tflops * 1e12, args.mfu, link_gbps * 1e9, per_thread * threads)
+    return {"gpu": gpu.name, "dtype": dtype, "peak_tflops": tflops, "mfu": args.mfu, "link_gbps": link_gbps,
+            "store_threads": threads, "update_params_per_s": per_thread * threads,
+            "update_rate": "measured here, one thread" if args.measure_update else "given",
+            "tokens_per_step": st.tokens, "forward_s": st.forward_s, "backward_s": st.backward_s,
+            "forward_copy_s": st.forward_copy_s, "backward_copy_s": st.backward_copy_s, "update_s": st.update_s,
+            "step_s": st.step_s, "bound": st.bound, "copy_hide_tokens": st.copy_hide_tokens,
+            "update_hide_tokens": st.update_hide_tokens, "tokens_per_s": st.tokens / st.step_s,
+            "predicted_mfu": st.model_flops / st.step_s / (tflops * 1e12)}
+
+
+def print_time(t: dict) -> None:
+    print(f"time on {t['gpu']} ({t['dtype']} {t['peak_tflops']:,.0f} TFLOP/s at MFU {t['mfu']:.0%}, host link "
+          f"{t['link_gbps']:,.0f} GB/s; store {t['store_threads']} thread(s) at "
+          f"{t['update_params_per_s'] / 1e9:,.2f} G parameters/s, {t['update_rate']}):")
+    print(f"  a step of {t['tokens_per_step']:,} tokens: compute {t['forward_s'] + t['backward_s']:.3f} s (forward "
+          f"{t['forward_s']:.3f}, replay + backward {t['backward_s']:.3f}); shard copies {t['forward_copy_s']:.3f} s "
+          f"in forward, {t['backward_copy_s']:.3f} s in backward; host update {t['update_s']:.3f} s")
+    print(f"  shard copies hide from {t['copy_hide_tokens']:,} tokens a step, the host update from "
+          f"{t['update_hide_tokens']:,}; this step is bound by {t['bound']}: ~{t['tokens_per_s']:,.0f} tokens/s, "
+          f"MFU {t['predicted_mfu']:.0%}")
 
 
 def print_report(r: dict) -> None:
@@ -116,6 +180,8 @@ def print_report(r: dict) -> None:
         print(f"{row['layers_per_shard']:>28}{mib(row['predicted_peak_bytes']):>17}{row['largest_micro_batch']:>22}")
     print(f"host RAM for the shard store: {mib(r['host_total_bytes'])} ("
           + ", ".join(f"{k.replace('_', ' ')} {mib(v)}" for k, v in r["host_bytes"].items()) + ")")
+    if "time" in r:
+        print_time(r["time"])
     if "measured_peak_bytes" in r:
         print(f"measured peak {mib(r['measured_peak_bytes'])} (predicted / measured "
               f"{r['predicted_peak_bytes'] / r['measured_peak_bytes']:.3f}); measured largest micro-batch "
@@ -126,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = plan_config(args)
     budget = cfg.stream.max_resident_bytes
     result = report(cfg, check_budget(cfg, budget, args.device), budget, args.device)
+    if args.device == "cuda":
+        result["time"] = time_report(cfg, args)
     if args.measure:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--measure with --device cuda needs CUDA, which this machine lacks; "

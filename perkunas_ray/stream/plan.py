@@ -4,7 +4,8 @@ The figures mirror what StreamCompute tracks (stream/memory.py): the staged shar
 ahead when the budget leaves room), the gradient room reserved for the shard being replayed, the tied
 embedding's gradient held from the head to the embedding, every boundary of the step not yet replayed,
 the input gradients passed down, and one micro-batch's saved activations of the shard being replayed.
-Saved activations per token come from the model's own operations (fp32, SDPA without soft-capping):
+Saved activations per token come from the model's own operations (exact in fp32, SDPA without soft-capping; under
+autocast every saved float is counted at the compute dtype's size, an approximation):
 a block saves 4 x d_ff + 9 x d_model + n_heads + 2 floats per token (the norms' inputs and outputs,
 q/k/v and their rotations, the attention output and log-sum-exp, the SwiGLU's four d_ff tensors).
 On CUDA the runtime holds the allocator's figure against the budget, so two more terms count there: the
@@ -23,6 +24,7 @@ from perkunas_ray.errors import ConfigError
 from perkunas_ray.model.decoder import count_parameters
 from perkunas_ray.model.shards import ShardSpec, shard_num_bytes, shard_parameter_shapes, stream_shard_specs
 from perkunas_ray.stream.memory import workspace_bytes
+from perkunas_ray.stream.precision import activation_bytes
 
 FLOAT = 4  # shards, gradients and master weights are fp32; so are activations in an fp32 step
 TOKEN_ID = 8  # int64 token ids and targets
@@ -136,11 +138,12 @@ def predict(cfg: RunConfig, device_type: str = "cpu") -> MemoryPlan:
     if t.seq_len <= 0:
         raise ConfigError(f"train.seq_len must be > 0 for a memory plan, got {t.seq_len}")
     specs = stream_shard_specs(m)
-    act = FLOAT if t.dtype == "fp32" else 2
+    act = activation_bytes(t, device_type)  # what autocast saves; auto is bf16 on cuda (stream/precision.py)
     sizes = [shard_num_bytes(m, spec) for spec in specs]
     tied = m.vocab_size * m.d_model * FLOAT if m.tie_embeddings else 0
     entry = sizes[:-1] + [sizes[-1] + tied]  # a tied head stages the embedding weight it borrows
-    boundary = t.gradient_accumulation_steps * t.micro_batch_size * t.seq_len * m.d_model * act  # one shard's
+    # one shard's boundaries: fp32 whatever the compute dtype (the residual stream is)
+    boundary = t.gradient_accumulation_steps * t.micro_batch_size * t.seq_len * m.d_model * FLOAT
     acts = [_shard_activation_bytes(cfg, spec, act) for spec in specs]
     nfwd = len(specs) - 1
     workspace = workspace_bytes(torch.device(device_type))

@@ -36,6 +36,8 @@ from perkunas_ray.stream.optimizers import (
     optimizer_state_tensors,
     set_lr,
 )
+from perkunas_ray.stream.store_step import shard_clip_coefficient, step_tasks
+from perkunas_ray.stream.store_threads import UpdatePool, resolve_store_threads
 from perkunas_ray.stream.writer import WriteBehind
 
 
@@ -72,6 +74,7 @@ class ShardStore:
         self.grads: dict[str, dict[str, torch.Tensor]] = {}
         self.snapshots: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self.writer = WriteBehind(cfg.stream.max_pending_shard_writes, cfg.stream.async_shard_writes)
+        self.pool = UpdatePool(resolve_store_threads(cfg.stream.store_threads, cfg.train.device))
         self.update_s = 0.0
 
     @classmethod
@@ -111,21 +114,17 @@ class ShardStore:
         grads = self.grads.get(name)
         if grads is None:
             raise RuntimeError(f"shard store: no gradients stashed for {name}")
-        for k, p in params.items():
-            p.grad = grads[k].clone() if snapshot else grads[k]
-        plist = list(params.values())
+        # the tasks scale the gradients in place: a guarded step keeps the stashed ones for its replays
+        step_grads = {p: grads[k].clone() if snapshot else grads[k] for k, p in params.items()}
+        coef = None
         if clip_coef is not None:
             coef = torch.tensor(clip_coef, dtype=torch.float32)
-            for p in plist:
-                p.grad.mul_(coef)
-        elif t.grad_clip_mode == "shard" and t.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(plist, t.max_grad_norm)
-        if grad_scale != 1.0:
-            for p in plist:
-                p.grad.mul_(grad_scale)
+        elif t.grad_clip_mode == "shard" and t.max_grad_norm > 0:  # as clip_grad_norm_ computes it
+            ordered = list(step_grads.values())
+            norms = self.pool.map(lambda g: torch.linalg.vector_norm(g, 2.0), ordered)
+            coef = shard_clip_coefficient(norms, t.max_grad_norm)
         set_lr(opt, lr)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.pool.run(step_tasks(opt, step_grads, coef, grad_scale))
         if not snapshot:
             self.grads.pop(name, None)
         self.versions[name] += 1
@@ -183,3 +182,4 @@ class ShardStore:
 
     def close(self) -> None:
         self.writer.close()
+        self.pool.close()
