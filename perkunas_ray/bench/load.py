@@ -1,4 +1,4 @@
-"""An HTTP load client for OpenAI `/v1/completions` streams: per-request timings, and their summary over a run."""
+"""An HTTP load client for OpenAI `/v1/completions` (streamed or not): per-request timings, and their summary."""
 
 from __future__ import annotations
 
@@ -40,9 +40,26 @@ async def stream_completion(client: Any, url: str, body: dict[str, Any],
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
+async def complete(client: Any, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Send one non-streaming completion: its whole reply arrives at once (TTFT = end to end), tokens from usage."""
+    body = {key: value for key, value in body.items() if key != "stream_options"}
+    start = time.perf_counter()
+    resp = await client.post(f"{url}/v1/completions", json={**body, "stream": False}, headers=headers or {})
+    end = time.perf_counter()
+    if resp.status_code != 200:
+        raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:300]!r}")
+    usage = resp.json().get("usage") or {}
+    n_out = usage.get("completion_tokens", 0)
+    return {"ttft": end - start, "e2e": end - start, "tpot": (end - start) / max(1, n_out), "itl": [],
+            "completion_tokens": n_out, "num_chunks": 1, "prompt_tokens": usage.get("prompt_tokens", 0),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+
+
 async def drive(url: str, bodies: list[dict[str, Any]], concurrency: int,
-                headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """Send `bodies` in order with `concurrency` streams in flight; the summary (see `summarize`)."""
+                headers: dict[str, str] | None = None, stream: bool = True) -> dict[str, Any]:
+    """Send `bodies` in order with `concurrency` requests in flight (SSE streams, or whole replies with
+    `stream=False`); the summary (see `summarize`)."""
+    send = stream_completion if stream else complete
     import httpx
 
     results: list[dict[str, Any]] = [{}] * len(bodies)
@@ -53,7 +70,7 @@ async def drive(url: str, bodies: list[dict[str, Any]], concurrency: int,
             while next_index < len(bodies):
                 i = next_index
                 next_index += 1
-                results[i] = await stream_completion(client, url, bodies[i], headers)
+                results[i] = await send(client, url, bodies[i], headers)
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -1,21 +1,25 @@
-"""`perkunas bench serve`: what the serving stack costs beside its engine, layer by layer, and (with
-`--vs-llamacpp`) how it compares with llama.cpp's `llama-server` on the same weights and workload.
+"""`perkunas bench serve`: what the serving stack costs beside its engine, and (with `--vs-llamacpp`) how
+`perkunas serve` compares with llama.cpp's `llama-server` as a user meets the two: each server alone on the
+machine, the same weights, the same requests, streamed one token per SSE event on both sides, and not streamed.
 
-Workload: N concurrent `/v1/completions` streams (greedy, ignore_eos, a P-token prompt of random token ids, T
+Workload: N concurrent `/v1/completions` requests (greedy, ignore_eos, a P-token prompt of random token ids, T
 tokens out) for each N of --streams; each round sends N fresh prompts at once; median of --rounds. Model: a
 preset (default `speed`) with random weights (greedy + ignore_eos make the work independent of quality).
-Measured in one run, same threads for every side:
-  engine      the engine in this process (`NativeEngine.stream`, as a replica drives it)
-  replica     the engine inside the Serve replica, by the replica's own timing (busy time / tokens streamed)
-  handle      a DeploymentHandle stream from this process to the replica (replica + the replica -> caller hop)
-  http        the whole stack: HTTP -> Serve proxy -> ingress -> replica
-  llama.cpp   `llama-server -np 16 -t THREADS` on our f32 GGUF export of the same weights
+Sides, run in two phases:
+  alone (no Ray on the machine)
+    engine            the engine in this process (`NativeEngine.stream`, as a replica drives it)
+    llama.cpp         `llama-server -np N -t THREADS` on our f32 GGUF export, streamed (one SSE event a token)
+    llama.cpp-whole   the same, not streamed
+  beside the Serve cluster (`perkunas serve`'s app: one model on one replica runs the routes in the engine
+  replica, `ingress.mode: combined`)
+    engine            the engine in this process again: "Ray tax" is its tok/s alone over here
+    http              `perkunas serve` over HTTP, streamed (its registry's chunking: one event per engine step)
+    http-whole        the same, not streamed
+    handle            with `--ingress separate` only: a DeploymentHandle stream from this process to the replica
 With `--engine vllm` (or `native,vllm`) the registry serves the model through a vLLM engine too, and
 `--vs-vllm-server` / `--vs-ray-serve-llm` add vLLM's own server and Ray Serve LLM (see bench/serve_vllm.py).
-The engine and llama.cpp run twice: first with no Ray on the machine ("alone"), then beside the Serve cluster
-with the other sides. On a small machine every Ray process wakes 100 times a second and preempts compute
-threads, so the two phases differ: "Ray tax" is the engine's tok/s alone over beside Serve, and serve is
-compared with llama-server both ways (alone is what a user running only llama-server gets).
+On a small machine every Ray process wakes many times a second and preempts compute threads, so a server
+measured beside Ray is not what its users get alone: llama-server only runs alone here, as its users run it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ MODEL = "bench"
 TOKEN = "bench-token"
 GOAL_STACK_COST = 1.25  # engine in-process tok/s / serve tok/s, at most
 GOAL_VS_LLAMACPP = {1: 0.8, 16: 1.0}  # serve tok/s / llama-server tok/s, at least (by stream count)
-LAYERS = ("engine", "replica", "handle", "http")
+GOAL_ITL_VS_LLAMACPP = 2.0  # serve's streamed ITL p50 / llama-server's, at most
+MODES = ("stream", "whole")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the replica's stream coalescing interval (default: the registry's, see stream_interval_ms)")
     p.add_argument("--stream-messages-per-s", type=float, default=None,
                    help="the replica's stream message budget (default: the registry's, see stream_messages_per_s)")
+    p.add_argument("--modes", default="stream,whole", help="stream (SSE) and/or whole (non-streaming) requests")
+    p.add_argument("--ingress", choices=("auto", "separate", "combined"), default="auto",
+                   help="the registry's ingress.mode (auto: combined, the routes in the engine replica; separate adds "
+                   "the handle side and the layer breakdown)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
     p.add_argument("--engine", default="native", help="engines behind `perkunas serve`: native, vllm or native,vllm "
@@ -92,7 +101,7 @@ def completion_bodies(prompts: list[list[int]], new_tokens: int, model: str = MO
 
 def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None = None,
                    stream_messages_per_s: float | None = None, replica_threads: int | None = None,
-                   engines: tuple[str, ...] = ("native",)) -> Registry:
+                   engines: tuple[str, ...] = ("native",), ingress: str = "auto") -> Registry:
     """One model per engine: MODEL on the native engine, VLLM_MODEL on vLLM (the same run dir)."""
     pacing = {key: value for key, value in (("stream_interval_ms", stream_interval_ms),
                                             ("stream_messages_per_s", stream_messages_per_s)) if value is not None}
@@ -100,7 +109,7 @@ def bench_registry(run_dir: Path, threads: int, stream_interval_ms: float | None
               "max_ongoing_requests": 64, "kv_policy": {"max_num_seqs": 16}, **pacing}
     models = {name: {**common, "engine": engine} for name, engine in ((MODEL, "native"), (VLLM_MODEL, "vllm"))
               if engine in engines}
-    return parse_registry({"models": models, "router": {"policy": "kv"}})
+    return parse_registry({"models": models, "router": {"policy": "kv"}, "ingress": {"mode": ingress}})
 
 
 # ---- timed sides --------------------------------------------------------------------------------
@@ -169,10 +178,22 @@ def handle_side(handle: Any) -> Any:
     return round_
 
 
-def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODEL) -> Any:
+def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODEL, stream: bool = True) -> Any:
     def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
-        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens, model), len(prompts), headers))
+        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens, model), len(prompts), headers,
+                                      stream=stream))
     return round_
+
+
+def http_sides(name: str, url: str, modes: tuple[str, ...], headers: dict[str, str] | None = None,
+               model: str = MODEL) -> dict[str, Any]:
+    """`name` streamed and `name-whole` not streamed, as `modes` asks."""
+    sides = {}
+    if "stream" in modes:
+        sides[name] = http_side(url, headers, model)
+    if "whole" in modes:
+        sides[f"{name}-whole"] = http_side(url, headers, model, stream=False)
+    return sides
 
 
 def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[int]]]], new_tokens: int,
@@ -215,7 +236,7 @@ def round_ratio(per_round: list[dict[str, float]], num: str, den: str) -> float:
 # ---- report -------------------------------------------------------------------------------------
 
 def breakdown(results: dict[str, dict[int, dict[str, Any]]], streams: list[int]) -> dict[int, dict[str, float]]:
-    """ms per output token at each layer, and what each layer adds (engine -> replica -> hop -> ingress+HTTP)."""
+    """ms per output token at each layer of the separate ingress (engine -> replica -> hop -> ingress+HTTP)."""
     table = {}
     for n in streams:
         ms = {layer: 1e3 / results[layer][n]["tokens_per_s"] for layer in ("engine", "handle", "http")}
@@ -228,54 +249,61 @@ def breakdown(results: dict[str, dict[int, dict[str, Any]]], streams: list[int])
     return table
 
 
-def print_report(results: dict[str, dict[int, dict[str, Any]]], table: dict[int, dict[str, float]],
-                 per_round: dict[int, list[dict[str, float]]], streams: list[int]) -> dict[str, Any]:
-    def row(label: str, cells: list[Any], fmt: str = "{:>10.1f}") -> None:
-        print(f"  {label:36s}" + "".join(fmt.format(c) for c in cells))
+def _row(label: str, cells: list[Any], fmt: str = "{:>10.1f}") -> None:
+    print(f"  {label:44s}" + "".join(fmt.format(c) for c in cells))
 
-    print("\noutput tok/s" + " " * 27 + "".join(f"{n:>7} str" for n in streams))
+
+def print_sides(title: str, results: dict[str, dict[int, dict[str, Any]]], streams: list[int]) -> None:
+    print(f"\n{title}" + " " * max(1, 46 - len(title)) + "".join(f"{n:>7} str" for n in streams))
     for side in results:
-        row(side, [results[side][n]["tokens_per_s"] for n in streams])
+        _row(f"{side} tok/s", [results[side][n]["tokens_per_s"] for n in streams])
+    for side in results:
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "chunks_per_request"):
+            if key.startswith("itl") and side.endswith("-whole"):
+                continue
+            _row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
+
+
+def print_layers(table: dict[int, dict[str, float]], streams: list[int]) -> None:
     print("\nms per output token (aggregate; a layer's cost is the difference from the row above)")
     for key, label in (("engine_ms", "engine in-process"), ("replica_ms", "engine in the replica (own timing)"),
                        ("hop_ms", "  + replica -> caller hop"), ("ingress_http_ms", "  + ingress, proxy, HTTP"),
                        ("serve_ms", "= serve over HTTP"), ("replica_vs_engine_ms", "(replica - engine in-process)")):
-        row(label, [table[n][key] for n in streams], "{:>10.3f}")
-    print("\nlatency (ms; ITL: between chunks, which carry several tokens when coalesced) and chunks per request")
-    for side in results:
-        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "chunks_per_request"):
-            row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
-    ratios: dict[str, Any] = {"stack_cost": {n: round_ratio(per_round[n], "engine", "http") for n in streams}}
-    print("\nratios (median over rounds of each round's sides, run back to back)")
-    row(f"stack cost: engine / serve (goal <= {GOAL_STACK_COST})", [ratios["stack_cost"][n] for n in streams],
-        "{:>10.2f}")
-    if "llama.cpp" in results:
-        ratios["vs_llamacpp"] = {n: round_ratio(per_round[n], "http", "llama.cpp") for n in streams}
-        ratios["engine_vs_llamacpp"] = {n: round_ratio(per_round[n], "engine", "llama.cpp") for n in streams}
-        row("serve / llama-server", [ratios["vs_llamacpp"][n] for n in streams], "{:>10.2f}")
-        row("engine in-process / llama-server", [ratios["engine_vs_llamacpp"][n] for n in streams], "{:>10.2f}")
-        print("  goals serve / llama-server: " + ", ".join(f">= {g} at {n} streams" for n, g in GOAL_VS_LLAMACPP.items()))
-    return ratios
+        _row(label, [table[n][key] for n in streams], "{:>10.3f}")
 
 
-def print_alone(results: dict[str, dict[int, dict[str, Any]]], alone: dict[str, dict[int, dict[str, Any]]],
-                streams: list[int]) -> dict[str, Any]:
-    """The sides measured with no Ray on the machine, and the ratios against them (medians of different phases,
-    so noisier than the per-round ratios above)."""
+def ratios_and_goals(results: dict[str, dict[int, dict[str, Any]]], alone: dict[str, dict[int, dict[str, Any]]],
+                     per_round: dict[int, list[dict[str, float]]], alone_rounds: dict[int, list[dict[str, float]]],
+                     streams: list[int]) -> dict[str, Any]:
+    """Stack cost (same phase, per round), Ray tax, and serve against llama-server alone (medians of two phases)."""
     def tps(side: dict[int, dict[str, Any]], n: int) -> float:
         return side[n]["tokens_per_s"]
 
-    print("\nalone (no Ray running), output tok/s")
+    print("\nratios")
     ratios: dict[str, Any] = {"ray_tax_engine": {n: tps(alone["engine"], n) / tps(results["engine"], n)
                                                  for n in streams}}
-    for side in alone:
-        print(f"  {side:36s}" + "".join(f"{tps(alone[side], n):>10.1f}" for n in streams))
-    print(f"  {'Ray tax: engine alone / beside Serve':36s}"
-          + "".join(f"{ratios['ray_tax_engine'][n]:>10.2f}" for n in streams))
-    if "llama.cpp" in alone:
-        ratios["vs_llamacpp_alone"] = {n: tps(results["http"], n) / tps(alone["llama.cpp"], n) for n in streams}
-        print(f"  {'serve / llama-server alone':36s}"
-              + "".join(f"{ratios['vs_llamacpp_alone'][n]:>10.2f}" for n in streams))
+    _row("Ray tax: engine alone / beside Serve", list(ratios["ray_tax_engine"].values()), "{:>10.2f}")
+    for side in ("http", "http-whole"):
+        if side in results:
+            key = "stack_cost" if side == "http" else "stack_cost_whole"
+            ratios[key] = {n: round_ratio(per_round[n], "engine", side) for n in streams}
+            _row(f"stack cost engine/{side} (goal <= {GOAL_STACK_COST})", list(ratios[key].values()), "{:>10.2f}")
+    if "llama.cpp" in alone or "llama.cpp-whole" in alone:
+        for ours, theirs, key in (("http", "llama.cpp", "vs_llamacpp"), ("http-whole", "llama.cpp-whole",
+                                                                         "vs_llamacpp_whole")):
+            if ours in results and theirs in alone:
+                ratios[key] = {n: tps(results[ours], n) / tps(alone[theirs], n) for n in streams}
+                _row(f"{ours} / {theirs} alone", list(ratios[key].values()), "{:>10.2f}")
+        if "llama.cpp" in alone and "http" in results:
+            ratios["itl_vs_llamacpp"] = {n: results["http"][n]["itl_p50_ms"] / max(1e-6, alone["llama.cpp"][n]["itl_p50_ms"])
+                                         for n in streams}
+            _row(f"ITL p50: http / llama.cpp (goal <= {GOAL_ITL_VS_LLAMACPP})", list(ratios["itl_vs_llamacpp"].values()),
+                 "{:>10.2f}")
+        theirs = "llama.cpp" if "llama.cpp" in alone else "llama.cpp-whole"
+        ratios["engine_vs_llamacpp"] = {n: round_ratio(alone_rounds[n], "engine", theirs) for n in streams}
+        _row(f"engine in-process / {theirs} (both alone)", list(ratios["engine_vs_llamacpp"].values()), "{:>10.2f}")
+        print("  goals serve / llama-server alone: " + ", ".join(f">= {g} at {n} streams"
+                                                               for n, g in GOAL_VS_LLAMACPP.items()))
     return ratios
 
 
@@ -288,6 +316,13 @@ def parse_engines(args: argparse.Namespace) -> tuple[str, ...]:
         raise ConfigError("bench serve: --vs-vllm-server and --vs-ray-serve-llm compare with our vLLM engine: add "
                           "--engine native,vllm")
     return engines
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(","))
+    if not modes or not set(modes) <= set(MODES):
+        raise ConfigError(f"bench serve: --modes must be stream, whole or stream,whole, got {text!r}")
+    return modes
 
 
 def parse_streams(text: str) -> list[int]:
@@ -313,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
 
     streams = parse_streams(args.streams)
     engines = parse_engines(args)
+    modes = parse_modes(args.modes)
     for flag in ("prompt_tokens", "new_tokens", "rounds", "threads"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"bench serve: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -330,58 +366,68 @@ def run(args: argparse.Namespace) -> int:
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
     prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
     registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s,
-                              args.replica_threads, engines)
+                              args.replica_threads, engines, args.ingress)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
-          f"out, greedy, median of {args.rounds} rounds", flush=True)
+          f"out, greedy, median of {args.rounds} rounds, modes {', '.join(modes)}, ingress "
+          f"{'combined' if registry.combined else 'separate'}", flush=True)
     sides = {"engine": engine_side(registry.models[MODEL], args.threads)}
+    alone_sides = dict(sides)
+    vllm_spec = registry.models.get(VLLM_MODEL)
+    # vLLM's workers busy-poll (sched_yield) for 1 s after their last work (shm_broadcast's busy_loop_s): on a
+    # small machine that takes a core from whichever side runs next, so with vLLM sides every round waits it out.
+    settle_s = VLLM_SETTLE_S if vllm_spec is not None else 0.0
     with contextlib.ExitStack() as stack:
-        if args.vs_llamacpp:
-            from perkunas_ray.export import export_gguf
+        with contextlib.ExitStack() as alone_stack:  # llama-server runs alone only, as its users run it
+            if args.vs_llamacpp:
+                from perkunas_ray.export import export_gguf
 
-            gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir, work_dir / "model.gguf")
-            sides["llama.cpp"] = http_side(stack.enter_context(
-                llama_server(args.vs_llamacpp, gguf, args.threads, parallel=max(streams), ctx_per_slot=cfg.max_seq_len)))
-        vllm_spec = registry.models.get(VLLM_MODEL)
-        if vllm_spec is not None:
-            from perkunas_ray.bench.serve_vllm import engine_args
+                gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir,
+                                           work_dir / "model.gguf")
+                llama_url = alone_stack.enter_context(llama_server(args.vs_llamacpp, gguf, args.threads,
+                                                                   parallel=max(streams), ctx_per_slot=cfg.max_seq_len))
+                alone_sides.update(http_sides("llama.cpp", llama_url, modes))
+            if vllm_spec is not None:
+                from perkunas_ray.bench.serve_vllm import engine_args
 
-            model_dir, vllm_args = run_on_torch_thread(engine_args, vllm_spec)  # exports the run: torch work
-            if args.vs_vllm_server:
-                from perkunas_ray.bench.vllm_server import vllm_server
+                model_dir, vllm_args = run_on_torch_thread(engine_args, vllm_spec)  # exports the run: torch work
+                if args.vs_vllm_server:  # measured in both phases (bench/serve_vllm.py compares both ways)
+                    from perkunas_ray.bench.vllm_server import vllm_server
 
-                sides["vllm-server"] = http_side(stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args)),
-                                                 model=VLLM_MODEL)
-        # vLLM's workers busy-poll (sched_yield) for 1 s after their last work (shm_broadcast's busy_loop_s): on a
-        # small machine that takes a core from whichever side runs next, so with vLLM sides every round waits it out.
-        settle_s = VLLM_SETTLE_S if vllm_spec is not None else 0.0
-        print("alone (no Ray running):", flush=True)
-        alone, _ = measure(dict(sides), prompts, args.new_tokens, settle_s)
+                    vllm_url = stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args))
+                    sides["vllm-server"] = alone_sides["vllm-server"] = http_side(vllm_url, model=VLLM_MODEL)
+            print("alone (no Ray running):", flush=True)
+            alone, alone_rounds = measure(alone_sides, prompts, args.new_tokens, settle_s)
         print("beside the Serve cluster:", flush=True)
         # Ray's CPU count is bookkeeping: each served engine reserves --threads of it, Ray Serve LLM its engine's
         # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
         # cores, one measured at a time.
         ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
         url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
-        handle = serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME)
-        sides["handle"] = handle_side(handle)
-        sides["http"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"})
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        if not registry.combined:
+            sides["handle"] = handle_side(serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME))
+        sides.update(http_sides("http", url, modes, headers))
         if vllm_spec is not None:
-            sides["http-vllm"] = http_side(url, {"Authorization": f"Bearer {TOKEN}"}, VLLM_MODEL)
+            sides["http-vllm"] = http_side(url, headers, VLLM_MODEL)
             if args.vs_ray_serve_llm:
                 from perkunas_ray.bench.ray_serve_llm import ray_serve_llm
 
                 llm_url = stack.enter_context(ray_serve_llm(url, model_dir, VLLM_MODEL, vllm_args, args.threads))
                 sides["ray-serve-llm"] = http_side(llm_url, model=VLLM_MODEL)
         results, per_round = measure(sides, prompts, args.new_tokens, settle_s)
-    table = breakdown(results, streams)
-    ratios = print_report(results, table, per_round, streams)
-    ratios.update(print_alone(results, alone, streams))
+    print_sides("alone (no Ray running)", alone, streams)
+    print_sides("beside the Serve cluster", results, streams)
+    report: dict[str, Any] = {}
+    if "handle" in results and "http" in results:
+        report["breakdown_ms_per_token"] = breakdown(results, streams)
+        print_layers(report["breakdown_ms_per_token"], streams)
+    ratios = ratios_and_goals(results, alone, per_round, alone_rounds, streams)
     if "http-vllm" in results:
         ratios.update(vllm_ratios(results, alone, per_round, streams))
     print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
-                      "engines": list(engines),
+                      "engines": list(engines), "modes": list(modes), "ingress_combined": registry.combined,
                       "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
-                      "results": results, "results_alone": alone, "breakdown_ms_per_token": table,
-                      "per_round_tokens_per_s": per_round, **ratios}))
+                      "results": results, "results_alone": alone, "per_round_tokens_per_s": per_round,
+                      **report, **ratios}))
     return 0

@@ -1,5 +1,6 @@
-"""`perkunas bench serve`: the layer breakdown runs end to end on a real Serve; with a llama-server binary
-(env PERKUNAS_LLAMA_SERVER), the same workload runs on it and the ratios are printed."""
+"""`perkunas bench serve` runs end to end on a real Serve (streamed and whole requests; the layer breakdown with a
+separate ingress); with a llama-server binary (env PERKUNAS_LLAMA_SERVER), the same workload runs on it, alone,
+and the ratios are printed."""
 
 from __future__ import annotations
 
@@ -22,21 +23,33 @@ def _report(capsys) -> tuple[str, dict]:
     return out, json.loads(out.strip().splitlines()[-1])
 
 
-def test_bench_serve_reports_every_layer(capsys):
+def test_bench_serve_reports_both_modes_and_the_ray_tax(capsys):
+    """One model on one replica: the routes run in the engine replica (no handle side); streamed and whole."""
     assert main(SMALL) == 0
     out, report = _report(capsys)
-    assert "ms per output token" in out and "stack cost: engine / serve" in out
-    for side in ("engine", "handle", "http"):
+    assert report["ingress_combined"] is True and "stack cost engine/http" in out
+    for side in ("engine", "http", "http-whole"):
         for n in ("1", "2"):
             assert report["results"][side][n]["tokens_per_s"] > 0, (side, n)
-    assert report["results"]["handle"]["1"]["replica_tokens_per_s"] > 0, "the replica's own timing came back"
-    assert set(report["stack_cost"]) == {"1", "2"} and "vs_llamacpp" not in report
+    assert report["results"]["http"]["1"]["chunks_per_request"] > 1, "a stream arrives in several events"
+    assert report["results"]["http-whole"]["1"]["chunks_per_request"] == 1
+    assert set(report["stack_cost"]) == {"1", "2"} and set(report["stack_cost_whole"]) == {"1", "2"}
+    assert "vs_llamacpp" not in report and "handle" not in report["results"]
     assert set(report["results_alone"]) == {"engine"}, "only the engine runs before the Serve cluster"
     assert all(report["ray_tax_engine"][n] > 0 for n in ("1", "2")) and "alone (no Ray running)" in out
 
 
+def test_bench_serve_separate_ingress_reports_every_layer(capsys):
+    assert main([*SMALL, "--ingress", "separate", "--modes", "stream", "--streams", "1"]) == 0
+    out, report = _report(capsys)
+    assert report["ingress_combined"] is False and "ms per output token" in out
+    assert report["results"]["handle"]["1"]["replica_tokens_per_s"] > 0, "the replica's own timing came back"
+    assert report["breakdown_ms_per_token"]["1"]["serve_ms"] > 0 and "http-whole" not in report["results"]
+
+
 @pytest.mark.parametrize(("flags", "named"), [(["--vs-llamacpp", "/nonexistent/llama-server"], "--vs-llamacpp"),
-                                              (["--streams", "1,x"], "--streams"), (["--rounds", "0"], "--rounds")])
+                                              (["--streams", "1,x"], "--streams"), (["--rounds", "0"], "--rounds"),
+                                              (["--modes", "stream,sse"], "--modes")])
 def test_bench_serve_names_a_bad_flag(flags, named, capsys):
     assert main([*SMALL, *flags]) == 2
     assert named in capsys.readouterr().err
@@ -47,8 +60,9 @@ def test_bench_serve_vs_llamacpp(capsys):
     assert Path(LLAMA_SERVER).is_file(), f"PERKUNAS_LLAMA_SERVER={LLAMA_SERVER} is not a file"
     assert main([*SMALL, "--vs-llamacpp", LLAMA_SERVER]) == 0
     out, report = _report(capsys)
-    assert "serve / llama-server" in out
+    assert "http / llama.cpp alone" in out and "llama.cpp" not in report["results"], "llama-server runs alone only"
     for n in ("1", "2"):
-        assert report["results"]["llama.cpp"][n]["tokens_per_s"] > 0
-        assert report["vs_llamacpp"][n] > 0 and report["engine_vs_llamacpp"][n] > 0
-        assert report["results_alone"]["llama.cpp"][n]["tokens_per_s"] > 0 and report["vs_llamacpp_alone"][n] > 0
+        for side in ("llama.cpp", "llama.cpp-whole"):
+            assert report["results_alone"][side][n]["tokens_per_s"] > 0
+        assert report["vs_llamacpp"][n] > 0 and report["vs_llamacpp_whole"][n] > 0
+        assert report["engine_vs_llamacpp"][n] > 0 and report["itl_vs_llamacpp"][n] > 0
