@@ -26,6 +26,7 @@ from perkunas_ray.stream.interface import StepStats, UpdatePlan
 from perkunas_ray.stream.memory import MemoryTracker, tensor_bytes, workspace_bytes
 from perkunas_ray.stream.staging import Loader, ShardStager, StageEntry
 from perkunas_ray.stream.trace import LocalTraceStore, TraceStore, trace_device
+from perkunas_ray.stream.trace_copy import OverlappedHostTraces
 
 GradSink = Callable[[str, dict[str, torch.Tensor], list[float]], None]  # (shard, its gradients, their norms)
 # The head's share of a tied embedding's gradient -> what seeds the embedding's gradient later (None: nothing).
@@ -63,10 +64,17 @@ class StreamCompute:
             raise ConfigError(f"stream.max_resident_bytes is {budget:,} but the largest shard needs "
                               f"{max(sizes) + self.grad_allowance:,} bytes resident (parameters + gradients)"
                               f"{held}; raise the budget or lower model.layers_per_shard")
-        self.trace_factory = trace_factory or (lambda tracker, num_micro: LocalTraceStore(
-            trace_device(cfg.stream.trace_storage, cfg.stream.trace_storage_device, device), device, tracker))
+        self.trace_factory = trace_factory or self._local_traces
         self._rng_states: dict[tuple[int, int], torch.Tensor] = {}
         self.tied_grad_seed: TiedGradSeed = keep_tied_grad  # data parallel: ShardReducer.tied_grad_seed
+
+    def _local_traces(self, tracker: MemoryTracker, num_micro: int) -> TraceStore:
+        """Boundaries where stream.trace_storage says; host ones of a CUDA step cross on side streams."""
+        s = self.cfg.stream
+        where = trace_device(s.trace_storage, s.trace_storage_device, self.device)
+        if self.device.type == "cuda" and where.type == "cpu":
+            return OverlappedHostTraces(self.device, tracker)
+        return LocalTraceStore(where, self.device, tracker)
 
     # ---- schedules ---------------------------------------------------------------------------------
     def _head_borrow(self) -> tuple[tuple[str, str], ...]:
