@@ -74,7 +74,9 @@ class ShardStore:
         self.grads: dict[str, dict[str, torch.Tensor]] = {}
         self.snapshots: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self.writer = WriteBehind(cfg.stream.max_pending_shard_writes, cfg.stream.async_shard_writes)
-        self.pool = UpdatePool(resolve_store_threads(cfg.stream.store_threads, cfg.train.device))
+        # masters on a device (the resident path) update by kernels queued on one stream: more host threads add nothing
+        on_host = all(p.device.type == "cpu" for params in self.params.values() for p in params.values())
+        self.pool = UpdatePool(resolve_store_threads(cfg.stream.store_threads, cfg.train.device) if on_host else 1)
         self.update_s = 0.0
 
     @classmethod

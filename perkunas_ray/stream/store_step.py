@@ -49,8 +49,11 @@ def step_tasks(optimizer: torch.optim.Optimizer, grads: dict[torch.nn.Parameter,
 
 
 def _pieces(*tensors: torch.Tensor) -> list[list[torch.Tensor]]:
-    """The same flat slices of each of `tensors` (all of one shape), PIECE elements at a time."""
+    """The same flat slices of each of `tensors` (all of one shape), PIECE elements at a time; a device tensor
+    whole (its kernels spread it over the device already; more of them would only cost launches)."""
     flats = [t.view(-1) for t in tensors]
+    if flats[0].device.type != "cpu":
+        return [flats]
     numel = flats[0].numel()
     return [[f[start:start + PIECE] for f in flats] for start in range(0, numel, PIECE)]
 
