@@ -1,5 +1,7 @@
 """`perkunas bench kvserve`: an HTTP load generator against kvserve on a local Ray Serve, our KV-aware router vs
-Serve's default (power of two choices), plus a one-replica run as the prefix-hit baseline, in one run.
+Serve's default (power of two choices), in one run. The default workload, `chat` (multi-turn conversations over
+long shared system prompts, Ray Serve LLM's router as a third contender), is in bench/kvserve_chat.py; this file
+holds the CLI and the `prefix` workload, where a one-replica run is the prefix-hit baseline.
 
 Each configuration is deployed in turn on the same Ray/Serve with the same model and fresh KV caches, then
 driven by asyncio + httpx (N concurrent streams). Two workloads: prefix repetition (P shared prefixes, each
@@ -18,24 +20,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from perkunas_ray.bench import load
+from perkunas_ray.bench import kvserve_chat, load
+from perkunas_ray.bench.kvserve_app import TOKEN, bench_registry
 from perkunas_ray.engine.toy import sample_lines
-from perkunas_ray.kvserve.registry import Registry, parse_registry
+from perkunas_ray.kvserve.registry import Registry
 
 GOAL_HIT_RATIO = 0.9
-TOKEN = "bench-token"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("kvserve", help="HTTP load on kvserve: KV-aware router vs Serve's default router")
-    p.add_argument("--model-dir", default=None, help="a run dir or HF package dir (default: a tiny random model)")
+    p = subparsers.add_parser("kvserve", help="HTTP load on kvserve: KV-aware router vs Serve's default router "
+                                              "(and Ray Serve LLM's PrefixCacheAffinityRouter on the chat workload)")
+    p.add_argument("--workload", choices=("chat", "prefix"), default="chat",
+                   help="chat: multi-turn conversations over long shared system prompts, on the --preset model "
+                        "(bench/kvserve_chat.py); prefix: short shared prefixes and random prompts, a tiny model")
+    p.add_argument("--model-dir", default=None, help="a run dir or HF package dir (default: a random-init model)")
     p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--num-prefixes", type=int, default=24)
-    p.add_argument("--repeats", type=int, default=3, help="requests per shared prefix")
-    p.add_argument("--num-random", type=int, default=32, help="requests of the random workload (0: skip it)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--num-prefixes", type=int, default=24, help="prefix: shared prefixes")
+    p.add_argument("--repeats", type=int, default=3, help="prefix: requests per shared prefix")
+    p.add_argument("--num-random", type=int, default=32, help="prefix: random requests (0: skip them)")
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--num-blocks", type=int, default=1024, help="KV blocks per replica")
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="KV blocks per replica (default: prefix 1024; chat: see --cache-fraction)")
+    kvserve_chat.add_arguments(p)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -84,14 +92,6 @@ async def drive(url: str, model: str, prompts: list[str], concurrency: int, max_
 
 # ---- deployments --------------------------------------------------------------------------------
 
-def bench_registry(model_dir: str | Path, replicas: int, num_blocks: int, block_size: int, policy: str,
-                   **router: Any) -> Registry:
-    """The registry of one benchmark configuration: model "bench" on `replicas` replicas, `policy` router."""
-    return parse_registry({"models": {"bench": {
-        "source": str(model_dir), "num_replicas": replicas, "num_cpus": 0, "max_ongoing_requests": 64,
-        "kv_policy": {"num_blocks": num_blocks, "block_size": block_size}}}, "router": {"policy": policy, **router}})
-
-
 def run_configuration(url: str, registry: Registry, workloads: dict[str, list[str]], concurrency: int,
                       max_tokens: int) -> dict[str, Any]:
     from deployments import launch  # Ray Serve loads only when a benchmark runs, not for `perkunas bench -h`
@@ -124,9 +124,12 @@ def compare(url: str, model_dir: str | Path, *, replicas: int = 2, concurrency: 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workload == "chat":
+        return kvserve_chat.run(args)
     from deployments import launch
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
+    args.num_blocks = args.num_blocks or 1024
     work_dir = Path(tempfile.mkdtemp(prefix="bench_kvserve_"))
     model_dir = args.model_dir or make_tiny_run_dir(work_dir / "tiny")
     port = launch.free_port()

@@ -118,6 +118,11 @@ class PrefixIndex:
     def num_blocks(self, replica_id: str) -> int:
         return len(self._confirmed.get(replica_id, ()))
 
+    def num_known_blocks(self, replica_id: str) -> int:
+        """Confirmed and (unexpired) optimistic blocks: what the replica holds or is about to."""
+        optimistic = self._expire(replica_id, self._clock())
+        return len(self._confirmed.get(replica_id, set()) | optimistic.keys())
+
 
 @dataclasses.dataclass
 class Decision:
@@ -131,7 +136,10 @@ class RoutingPolicy:
     """Longest cached prefix wins unless that replica is overloaded; otherwise power of two choices.
 
     Load guard: the prefix-best replica is skipped when its load exceeds the least-loaded candidate's by
-    more than `imbalance_threshold` requests (so one hot prefix cannot drown one replica).
+    more than `imbalance_threshold` requests (so one hot prefix cannot drown one replica). A prompt no replica
+    holds (a new system prompt, say) goes to the sampled replica caching less, unless that one is past the load
+    guard: the prefix will draw its follow-ups to where it lands, so new prefixes spread by the load they will
+    bring, not by the load of the moment (which would send a run of them to whichever replica just finished).
     """
 
     def __init__(self, imbalance_threshold: int = 4, rng: random.Random | None = None) -> None:
@@ -153,12 +161,20 @@ class RoutingPolicy:
         if best is not None and loads.get(best, 0) - min_load <= self.imbalance_threshold:
             rest = sorted((r for r in replica_ids if r != best), key=lambda r: loads.get(r, 0))
             return Decision(best, [best, *rest], PREFIX_MATCH, best_match)
-        chosen = self._power_of_two(replica_ids, loads)
+        new_prefix = best is None and bool(hashes)
+
+        def cost(r: str) -> tuple[bool, int, int]:
+            load = loads.get(r, 0)
+            if not new_prefix:
+                return False, 0, load
+            return load - min_load > self.imbalance_threshold, index.num_known_blocks(r), load
+
+        chosen = self._power_of_two(replica_ids, cost)
         rest = sorted((r for r in replica_ids if r != chosen), key=lambda r: loads.get(r, 0))
         return Decision(chosen, [chosen, *rest], FALLBACK, index.match(chosen, hashes) if hashes else 0)
 
-    def _power_of_two(self, replica_ids: Sequence[str], loads: Mapping[str, int]) -> str:
+    def _power_of_two(self, replica_ids: Sequence[str], cost: Callable[[str], tuple[bool, int, int]]) -> str:
         if len(replica_ids) == 1:
             return replica_ids[0]
         a, b = self.rng.sample(list(replica_ids), 2)
-        return a if loads.get(a, 0) <= loads.get(b, 0) else b
+        return a if cost(a) <= cost(b) else b

@@ -58,3 +58,29 @@ def test_router_learns_from_replica_kv_events(serve_url) -> None:
     cached = repeats["cached_tokens_per_request"]
     print(f"\nrepeats routed from reported KV events only: cached tokens per request {cached}")
     assert all(c > 0 for c in cached)  # random placement would miss about half of the first repeats
+
+
+def test_chat_bench_routes_follow_ups_to_their_cache(serve_url) -> None:
+    """The chat routing bench's path end to end on 2 replicas, with Ray Serve LLM's PrefixCacheAffinityRouter (the
+    contender whose adapter, bench/affinity_router.py, could break with Ray's internals; unadapted it finds no
+    prompt and is power of two choices, about half these hits): each follow-up, and each later conversation of a
+    system prompt, goes to the replica that caches its prefix. (Ours: the tests above.)"""
+    from perkunas_ray.bench.chat_workload import ChatWorkloadSpec, chat_workload
+    from perkunas_ray.bench.kvserve import bench_registry
+    from perkunas_ray.bench.kvserve_chat import compare
+
+    url, run, root = serve_url
+    spec = ChatWorkloadSpec(num_system_prompts=4, system_tokens=160, conversations_per_prompt=2, num_turns=3,
+                            user_tokens=16, assistant_tokens=16)
+    conversations = chat_workload(spec, vocab_size=400, seed=3)
+    # Every token a cache could serve: each follow-up's previous turn, each second conversation's system prompt.
+    block = 16
+    ideal = sum(len(t) // block * block for c in conversations for t in c.turns[:-1])
+    ideal += (spec.conversations_per_prompt - 1) * spec.num_system_prompts * (spec.system_tokens // block * block)
+    total = sum(len(t) for c in conversations for t in c.turns)
+    results = compare(url, bench_registry(run, 2, 512, block, "kv"), conversations, concurrency=1, max_tokens=2,
+                      routers=("affinity",), think_s=0.05)
+    rate = results["affinity"]["prefix_hit_rate"]
+    print(f"\nchat workload, 2 replicas, PrefixCacheAffinityRouter: prefix-hit rate {rate:.3f} "
+          f"(ideal {ideal / total:.3f})")
+    assert rate >= 0.9 * ideal / total

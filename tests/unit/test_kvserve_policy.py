@@ -126,3 +126,19 @@ def test_mirror_tracks_events() -> None:
     assert mirror.snapshot() == {"kv_seq": 1, "kv_hashes": [2]}
     mirror.apply([KVEvent("cleared", [])])
     assert mirror.snapshot()["kv_hashes"] == []
+
+
+def test_new_prefix_goes_to_the_replica_caching_less() -> None:
+    """Spreads the first turns of new system prompts over the replicas by what they cache (the load their
+    follow-ups will bring), not by the load of the moment; the load guard still holds."""
+    index = PrefixIndex()
+    confirm(index, "a", [KVEvent("stored", [1, 2, 3])])
+    confirm(index, "b", [KVEvent("stored", [4])])
+    policy = RoutingPolicy(imbalance_threshold=2, rng=random.Random(0))
+    for loads in ({"a": 1, "b": 1}, {"a": 0, "b": 2}):
+        picks = {policy.choose([7, 8], ["a", "b"], loads, index).replica_id for _ in range(20)}
+        assert picks == {"b"}, loads
+    assert policy.choose([7, 8], ["a", "b"], {"a": 0, "b": 3}, index).replica_id == "a"  # past the guard
+    assert policy.choose([1, 2], ["a", "b"], {"a": 1, "b": 0}, index).replica_id == "a"  # a match is no new prefix
+    index.note_routed("a", [7, 8])  # an optimistic entry is a match, not cache room
+    assert policy.choose([7, 8], ["a", "b"], {"a": 1, "b": 1}, index).kind == PREFIX_MATCH
