@@ -241,7 +241,6 @@ class StreamConfig:
     guard_replay_lr_scales: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.35, 0.25, 0.1)
     guard_replay_grad_norm_scales: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.35, 0.25, 0.1)
     guard_replay_on_exhaust: str = "accept"
-
     # In process: every shard stays on the device and the optimizer runs there, when the whole training state fits
     # (auto: the planner's verdict on a CUDA device's budget; on: always; off: always stream). stream/residency.py
     resident: str = "auto"
@@ -250,6 +249,7 @@ class StreamConfig:
     # the parameters before step k-1's update, which runs beside them. Not exact (in process only).
     delayed_update: bool = False
     delayed_update_warmup_steps: int = 10
+
     def validate(self, prefix: str = "stream") -> StreamConfig:
         check(self.max_resident_shards >= 2, f"{prefix}.max_resident_shards",
               ">= 2 (a shard and its neighbour during replay)", self.max_resident_shards)
@@ -272,9 +272,6 @@ class StreamConfig:
             check(len(scales) > 0 and all(0 < s <= 1 for s in scales), f"{prefix}.{name}",
                   "a non-empty list of scales in (0, 1]", scales)
         check_choice(self.guard_replay_on_exhaust, f"{prefix}.guard_replay_on_exhaust", GUARD_EXHAUST)
-        return self
-
-
         check_choice(self.resident, f"{prefix}.resident", RESIDENT_MODES)
         check(self.delayed_update_warmup_steps >= 0, f"{prefix}.delayed_update_warmup_steps", ">= 0",
               self.delayed_update_warmup_steps)
@@ -284,6 +281,9 @@ class StreamConfig:
         check(not (self.delayed_update and self.resident == "on"), f"{prefix}.delayed_update",
               "off with stream.resident on (the delay hides a host optimizer; a resident run has none)",
               self.delayed_update)
+        return self
+
+
 @dataclasses.dataclass
 class CheckpointConfig:
     """Where the run lives: the durable archive, the fast active copy, and how often to publish."""
