@@ -220,7 +220,7 @@ class RequestLimits:
     max_stop_token_ids: int = 64
     max_total_tokens: int = 65536  # n x max_tokens: what one request may make the engine generate
     max_json_depth: int = 32  # nesting of the request body
-    requests_per_minute: int = 0  # per API token and ingress replica; 0: no rate limit; past it: 429
+    requests_per_minute: int = 0  # per API token, across ingress replicas; 0: no rate limit; past it: 429
     burst: int = 0  # requests a token may send at once; 0: requests_per_minute
 
     def validate(self) -> RequestLimits:
