@@ -18,9 +18,9 @@ import torch
 from perkunas_ray.stream.optimizers import Lion, lion_update
 
 Task = Callable[[], None]
-# Elements per piece: a piece's parameter, gradient and two moments (4 MiB) stay in the L3 cache between its
-# gradient scaling and its step, and a 100M-parameter step is a few hundred tasks (each costs ~20 us of Python).
-PIECE = 1 << 18
+# Elements per piece: a piece's parameter, gradient and two moments (8 MiB a thread) stay in the L3 cache between
+# its gradient scaling and its step, and a 100M-parameter step is ~200 tasks (each holds the GIL for ~20 us).
+PIECE = 1 << 19
 
 
 def shard_clip_coefficient(norms: list[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -48,14 +48,18 @@ def step_tasks(optimizer: torch.optim.Optimizer, grads: dict[torch.nn.Parameter,
     raise TypeError(f"the shard store cannot step {type(optimizer).__name__} in pieces")
 
 
-def _pieces(*tensors: torch.Tensor) -> list[list[torch.Tensor]]:
-    """The same flat slices of each of `tensors` (all of one shape), PIECE elements at a time; a device tensor
-    whole (its kernels spread it over the device already; more of them would only cost launches)."""
+def _piece_tasks(step_piece: Callable[..., None], *tensors: torch.Tensor) -> list[Task]:
+    """Tasks that each call `step_piece` on the same flat slice of every one of `tensors` (all of one shape), PIECE
+    elements at a time, sliced on the task's thread; a device tensor is one piece (its kernels spread it over the
+    device already: more of them would only cost launches)."""
     flats = [t.view(-1) for t in tensors]
-    if flats[0].device.type != "cpu":
-        return [flats]
     numel = flats[0].numel()
-    return [[f[start:start + PIECE] for f in flats] for start in range(0, numel, PIECE)]
+    size = PIECE if flats[0].device.type == "cpu" else max(numel, 1)
+
+    def task(start: int) -> Task:
+        return lambda: step_piece(*(f[start:start + size] for f in flats))
+
+    return [task(start) for start in range(0, numel, size)]
 
 
 def _adamw_tasks(optimizer: torch.optim.AdamW, grads: dict, scale: Callable[[torch.Tensor], None]) -> list[Task]:
@@ -72,17 +76,15 @@ def _adamw_tasks(optimizer: torch.optim.AdamW, grads: dict, scale: Callable[[tor
             step = state["step"]
             step.add_(1)  # before the kernel, as AdamW does; every piece reads the one count
 
-            def piece(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                      step: torch.Tensor = step, group: dict = group) -> Task:
-                def run() -> None:
-                    scale(grad)
-                    torch._fused_adamw_([param], [grad], [exp_avg], [exp_avg_sq], [], [step], amsgrad=False,
-                                        lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                                        weight_decay=group["weight_decay"], eps=group["eps"],
-                                        maximize=group["maximize"], grad_scale=None, found_inf=None)
-                return run
+            def adamw_piece(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                            step: torch.Tensor = step, group: dict = group) -> None:
+                scale(grad)
+                torch._fused_adamw_([param], [grad], [exp_avg], [exp_avg_sq], [], [step], amsgrad=False,
+                                    lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                                    grad_scale=None, found_inf=None)
 
-            tasks += [piece(*s) for s in _pieces(p.detach(), grads[p], state["exp_avg"], state["exp_avg_sq"])]
+            tasks += _piece_tasks(adamw_piece, p.detach(), grads[p], state["exp_avg"], state["exp_avg_sq"])
     return tasks
 
 
@@ -94,13 +96,11 @@ def _lion_tasks(optimizer: Lion, grads: dict, scale: Callable[[torch.Tensor], No
             if not state:
                 state["exp_avg"] = torch.zeros_like(p)
 
-            def piece(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, group: dict = group) -> Task:
-                def run() -> None:
-                    scale(grad)
-                    lion_update(param, grad, exp_avg, group["lr"], *group["betas"], group["weight_decay"])
-                return run
+            def lion_piece(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, group: dict = group) -> None:
+                scale(grad)
+                lion_update(param, grad, exp_avg, group["lr"], *group["betas"], group["weight_decay"])
 
-            tasks += [piece(*s) for s in _pieces(p.detach(), grads[p], state["exp_avg"])]
+            tasks += _piece_tasks(lion_piece, p.detach(), grads[p], state["exp_avg"])
     return tasks
 
 
