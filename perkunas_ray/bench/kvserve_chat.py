@@ -144,8 +144,8 @@ def add_arguments(p: Any) -> None:
                                                                "next turn")
     p.add_argument("--rounds", type=int, default=1, help="chat: runs of every router (medians are reported)")
     p.add_argument("--routers", default=",".join(ROUTERS), help="chat: comma-separated, of " + ", ".join(ROUTERS))
-    p.add_argument("--imbalance-threshold", type=int, default=None, help="our router's load guard (default: the "
-                                                                          "registry's)")
+    p.add_argument("--imbalance-threshold", type=int, default=None,
+                   help="chat: our router's load guard (default: the registry's)")
 
 
 def run(args: Any) -> int:
