@@ -26,7 +26,7 @@ class KVServeEngineIngress:
 
     def __init__(self, registry: Registry, api_tokens: Any = None) -> None:
         (spec,) = registry.models.values()
-        self.service = replica_engine_service(spec)
+        self.service = replica_engine_service(spec, combined=True)
         self.auth = TokenAuth(resolve_tokens(api_tokens, registry.api_tokens))
         self.backend = LocalServingBackend(registry, {spec.model_id: self.service})
         self.max_body_bytes = registry.max_body_bytes

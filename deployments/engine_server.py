@@ -11,9 +11,9 @@ from perkunas_ray.kvserve.service import EngineService
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 
-def replica_engine_service(spec: ModelSpec) -> EngineService:
+def replica_engine_service(spec: ModelSpec, combined: bool = False) -> EngineService:
     """The engine service of this Serve replica: torch's threads set from the spec, metrics tagged with the
-    replica's id."""
+    replica's id; `combined`: the routes run in this replica (its streams' pacing: ModelSpec.pacing)."""
     import torch
     from ray import serve
 
@@ -22,7 +22,7 @@ def replica_engine_service(spec: ModelSpec) -> EngineService:
         replica = serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - outside a replica (direct construction in tests)
         replica = "local"
-    return EngineService(spec, replica=replica)
+    return EngineService(spec, replica=replica, combined=combined)
 
 
 class EngineServer:

@@ -13,6 +13,7 @@ import ray
 from ray import serve
 
 from deployments.app import build_registry_app
+from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry
 
 APP_NAME = "kvserve"
@@ -30,25 +31,61 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def direct_ingress_environment(port: int) -> dict[str, str]:
+    """Serve's direct ingress (Ray 2.60): the ingress replica serves HTTP itself, on `port` (the range holds one
+    port: one ingress replica), so no request or stream message crosses Serve's proxy; a replica going away
+    drains for 1 s, not Serve's 30 (a load balancer's grace, which a single local port does not have)."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ while Ray starts its processes (they inherit it), then as it was."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-                include_dashboard: bool = False, metrics_export_port: int | None = None) -> None:
+                include_dashboard: bool = False, metrics_export_port: int | None = None,
+                direct_ingress: bool = False) -> str:
     """ray.init (unless already connected) and serve.start on host:port (Prometheus metrics on
     `metrics_export_port` when given). A new local Ray instance, unless RAY_ADDRESS names a cluster to join (then
-    `num_cpus` is the cluster's business): Ray's default would join any cluster `ray start` left on this machine."""
+    `num_cpus` is the cluster's business): Ray's default would join any cluster `ray start` left on this machine.
+    `direct_ingress`: the one ingress replica listens on host:port itself and Serve's proxy on a free port (see
+    `direct_ingress_environment`); it needs the local Ray started here. Returns the URL of Serve's proxy."""
     if not ray.is_initialized():
         # Ray starts its workers at a niceness 15 above the driver's; here the replicas, the ingress and the proxy
         # are the server, and that far down any other load on the machine starves them (unless the caller chose).
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        for name, value in QUIET_SERVE.items():
-            os.environ.setdefault(name, value)
+        env = {"RAY_worker_niceness": "0", **QUIET_SERVE}
+        env = {name: os.environ.get(name, value) for name, value in env.items()}  # the caller's choice wins
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         address = os.environ.get("RAY_ADDRESS", "")
         if address and address != "local":
+            if direct_ingress:
+                raise ConfigError(f"direct ingress needs a Ray started by this command; RAY_ADDRESS={address} "
+                                  "names a cluster (start it with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead)")
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False,
-                     **extra)
-    serve.start(http_options={"host": host, "port": port})
+            if direct_ingress:
+                env.update(direct_ingress_environment(port))
+            with _environment(env):
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
+                         log_to_driver=False, **extra)
+    elif direct_ingress:
+        raise ConfigError("direct ingress needs a Ray started by this command; this process is already connected")
+    proxy_port = free_port(host) if direct_ingress else port
+    serve.start(http_options={"host": host, "port": proxy_port})
+    return f"http://{host}:{proxy_port}"
 
 
 def deploy(registry: Registry, api_tokens: Any = None, name: str = APP_NAME, route_prefix: str = "/") -> Any:
@@ -58,11 +95,12 @@ def deploy(registry: Registry, api_tokens: Any = None, name: str = APP_NAME, rou
 
 @contextlib.contextmanager
 def serving(registry: Registry, api_tokens: Any = None, num_cpus: int | None = None,
-            metrics_export_port: int | None = None) -> Iterator[str]:
+            metrics_export_port: int | None = None, direct_ingress: bool = False) -> Iterator[str]:
     """A local Ray + Serve on a free loopback port with the registry's app deployed: yields its base URL, shuts
     Serve and Ray down at the end (benchmarks and tests)."""
     port = free_port()
-    start_local("127.0.0.1", port, num_cpus=num_cpus, metrics_export_port=metrics_export_port)
+    start_local("127.0.0.1", port, num_cpus=num_cpus, metrics_export_port=metrics_export_port,
+                direct_ingress=direct_ingress)
     try:
         deploy(registry, api_tokens)
         yield f"http://127.0.0.1:{port}"

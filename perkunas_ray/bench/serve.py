@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ingress", choices=("auto", "separate", "combined"), default="auto",
                    help="the registry's ingress.mode (auto: combined, the routes in the engine replica; separate adds "
                    "the handle side and the layer breakdown)")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="serve with Serve's direct ingress (the ingress replica's own HTTP port; `http-proxy`: the same "
+                   "replica through Serve's proxy)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
     p.add_argument("--engine", default="native", help="engines behind `perkunas serve`: native, vllm or native,vllm "
@@ -403,8 +406,16 @@ def run(args: argparse.Namespace) -> int:
         # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
         # cores, one measured at a time.
         ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
-        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
         headers = {"Authorization": f"Bearer {TOKEN}"}
+        if args.direct_ingress:  # the ingress replica's own port; Serve's proxy, on its own port, measured beside it
+            port = launch.free_port()
+            stack.callback(launch.shutdown)
+            proxy_url = launch.start_local("127.0.0.1", port, num_cpus=ray_cpus, direct_ingress=True)
+            launch.deploy(registry, f"bench:{TOKEN}")
+            url = f"http://127.0.0.1:{port}"
+            sides.update(http_sides("http-proxy", proxy_url, modes, headers))
+        else:
+            url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
         if not registry.combined:
             sides["handle"] = handle_side(serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME))
         sides.update(http_sides("http", url, modes, headers))

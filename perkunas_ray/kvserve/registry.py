@@ -70,10 +70,11 @@ class ModelSpec:
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     # A stream's tokens go from replica to ingress in one message per this many ms (the first token at once):
     # each message costs a Ray round trip and an SSE event whatever it carries. 0: one per engine step.
-    stream_interval_ms: float = 50.0
+    # None: 50 behind a separate ingress, 0 with the routes in the engine replica (no hop to save; see `pacing`).
+    stream_interval_ms: float | None = None
     # ... widened with load so that a replica's streams together send about this many messages a second (the
-    # stack's CPU per message stays bounded as streams grow; at most 250 ms apart). 0: no cap.
-    stream_messages_per_s: float = 100.0
+    # stack's CPU per message stays bounded as streams grow; at most 250 ms apart). 0: no cap. None: 100 / 0.
+    stream_messages_per_s: float | None = None
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 5.0
     chat_template: str | None = None  # None: the model's own (ours for run dirs)
@@ -118,9 +119,11 @@ class ModelSpec:
         check(self.num_gpus is None or (_is_num(self.num_gpus) and self.num_gpus >= 0), "num_gpus",
               "a number >= 0", self.num_gpus)
         check_resources(self.resources, "resources", "num_cpus / num_gpus")
-        check(_is_num(self.stream_interval_ms) and 0 <= self.stream_interval_ms <= 1000, "stream_interval_ms",
+        check(self.stream_interval_ms is None or (_is_num(self.stream_interval_ms)
+                                                  and 0 <= self.stream_interval_ms <= 1000), "stream_interval_ms",
               "a number of milliseconds in [0, 1000]", self.stream_interval_ms)
-        check(_is_num(self.stream_messages_per_s) and self.stream_messages_per_s >= 0, "stream_messages_per_s",
+        check(self.stream_messages_per_s is None or (_is_num(self.stream_messages_per_s)
+                                                     and self.stream_messages_per_s >= 0), "stream_messages_per_s",
               "a number >= 0 (0: no cap)", self.stream_messages_per_s)
         for name in ("health_check_period_s", "graceful_shutdown_timeout_s"):
             value = getattr(self, name)
@@ -148,9 +151,16 @@ class ModelSpec:
         oversubscribes them (Ray sets OMP_NUM_THREADS only where no one did)."""
         return self.num_threads or max(1, int(self.num_cpus))
 
-    @property
-    def stream_interval_s(self) -> float:
-        return self.stream_interval_ms / 1e3
+    def pacing(self, combined: bool = False) -> tuple[float, float]:
+        """(stream interval in s, messages per s): the fields, or the defaults of where the routes run. Behind a
+        separate ingress every message is a Ray call, so they are coalesced (50 ms, 100/s); in the engine replica
+        a message is an SSE event, and each engine step goes out as it comes, as llama.cpp and vLLM stream."""
+        interval_ms, per_s = (0.0, 0.0) if combined else (50.0, 100.0)
+        if self.stream_interval_ms is not None:
+            interval_ms = self.stream_interval_ms
+        if self.stream_messages_per_s is not None:
+            per_s = self.stream_messages_per_s
+        return interval_ms / 1e3, per_s
 
     def policy_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.kv_policy)

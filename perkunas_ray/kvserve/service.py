@@ -92,10 +92,11 @@ class EngineService:
     The swap happens on the event loop between awaits: new requests take the new engine; a request in flight
     holds the engine it started on and finishes there; the old engine is dropped once its last request ends
     (its step task exits when idle and nothing else refers to it).
+    `combined`: the HTTP routes run in this process (no Ray hop per stream message; see ModelSpec.pacing).
     """
 
     def __init__(self, spec: ModelSpec, engine: Engine | None = None, replica: str = "local",
-                 metrics: bool = True) -> None:
+                 metrics: bool = True, combined: bool = False) -> None:
         self.spec = spec
         # step: the run's checkpoint step being served (None: a Hugging Face package, or an engine handed in)
         if engine is not None:
@@ -112,7 +113,7 @@ class EngineService:
         self.num_aborted = 0
         self.num_switches = 0
         self.busy = BusyClock()
-        self.pacer = StreamPacer(spec.stream_interval_s, spec.stream_messages_per_s)
+        self.pacer = StreamPacer(*spec.pacing(combined))
         self.follower = RunFollower(spec.source) if spec.follow else None
         self._follow_task: asyncio.Task[None] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts it
