@@ -55,6 +55,11 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def joins_cluster() -> bool:
+    """Whether start_local joins a running cluster (RAY_ADDRESS names one) rather than starting a local Ray."""
+    return ray.is_initialized() or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
+
+
 def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
                 include_dashboard: bool = False, metrics_export_port: int | None = None,
                 direct_ingress: bool = False) -> str:
@@ -70,7 +75,7 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
         env = {name: os.environ.get(name, value) for name, value in env.items()}  # the caller's choice wins
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         address = os.environ.get("RAY_ADDRESS", "")
-        if address and address != "local":
+        if joins_cluster():
             if direct_ingress:
                 raise ConfigError(f"direct ingress needs a Ray started by this command; RAY_ADDRESS={address} "
                                   "names a cluster (start it with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead)")

@@ -49,6 +49,7 @@ GOAL_STACK_COST = 1.25  # engine in-process tok/s / serve tok/s, at most
 GOAL_VS_LLAMACPP = {1: 0.8, 16: 1.0}  # serve tok/s / llama-server tok/s, at least (by stream count)
 GOAL_ITL_VS_LLAMACPP = 2.0  # serve's streamed ITL p50 / llama-server's, at most
 MODES = ("stream", "whole")
+SETTLE_S = 0.5  # the pause before each round (see run)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,9 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ingress", choices=("auto", "separate", "combined"), default="auto",
                    help="the registry's ingress.mode (auto: combined, the routes in the engine replica; separate adds "
                    "the handle side and the layer breakdown)")
-    p.add_argument("--direct-ingress", action="store_true",
-                   help="serve with Serve's direct ingress (the ingress replica's own HTTP port; `http-proxy`: the same "
-                   "replica through Serve's proxy)")
+    p.add_argument("--direct-ingress", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve with Serve's direct ingress, as `perkunas serve` does by default (the ingress replica's "
+                   "own HTTP port; `http-proxy`: the same replica through Serve's proxy)")
     p.add_argument("--vs-llamacpp", metavar="PATH", default=None,
                    help="a llama-server binary: run the same workload on it (our f32 GGUF export of the weights)")
     p.add_argument("--engine", default="native", help="engines behind `perkunas serve`: native, vllm or native,vllm "
@@ -208,7 +209,7 @@ def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[
     per_round: dict[int, list[dict[str, float]]] = {}
     for n, rounds in prompts_by_streams.items():
         for round_ in sides.values():
-            round_(rounds[0][:min(n, 4)], 8)  # warm-up: first-call costs, thread pools, connections
+            round_(rounds[0], new_tokens)  # warm-up: first-call costs, thread pools, connections, allocator
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         for prompts in rounds[1:]:
             for name, round_ in sides.items():
@@ -379,7 +380,9 @@ def run(args: argparse.Namespace) -> int:
     vllm_spec = registry.models.get(VLLM_MODEL)
     # vLLM's workers busy-poll (sched_yield) for 1 s after their last work (shm_broadcast's busy_loop_s): on a
     # small machine that takes a core from whichever side runs next, so with vLLM sides every round waits it out.
-    settle_s = VLLM_SETTLE_S if vllm_spec is not None else 0.0
+    # llama-server's threads poll for work after each batch (its --poll 50 default) and torch's OpenMP threads spin
+    # after each parallel region: a short pause keeps either from taking the next side's cores.
+    settle_s = VLLM_SETTLE_S if vllm_spec is not None else SETTLE_S
     with contextlib.ExitStack() as stack:
         with contextlib.ExitStack() as alone_stack:  # llama-server runs alone only, as its users run it
             if args.vs_llamacpp:
@@ -407,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
         # cores, one measured at a time.
         ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        if args.direct_ingress:  # the ingress replica's own port; Serve's proxy, on its own port, measured beside it
+        if args.direct_ingress and (registry.combined or registry.ingress.num_replicas == 1):
+            # the ingress replica's own port; Serve's proxy, on its own port, measured beside it
             port = launch.free_port()
             stack.callback(launch.shutdown)
             proxy_url = launch.start_local("127.0.0.1", port, num_cpus=ray_cpus, direct_ingress=True)

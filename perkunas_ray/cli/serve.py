@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--router", choices=("kv", "pow2"), default=None, help="request router (default: the "
                                                                          "registry's, else kv)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
-    p.add_argument("--direct-ingress", action="store_true",
-                   help="the ingress replica answers on --port itself (Serve's direct ingress: no proxy hop); one "
-                        "ingress replica, a Ray started by this command")
+    p.add_argument("--direct-ingress", action=argparse.BooleanOptionalAction, default=None,
+                   help="the ingress replica answers on --port itself (Serve's direct ingress: no proxy hop; needs one "
+                        "ingress replica and a Ray started by this command). Default: on where it can be")
     p.add_argument("--replicas", type=int, default=None, help="with --model-dir: engine replicas (default 1)")
     p.add_argument("--device", default=None, help="with --model-dir: cpu or cuda (default cpu)")
     p.add_argument("--engine", choices=("native", "vllm"), default=None,
@@ -49,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
                                     ("follow", args.follow), ("engine", args.engine)) if v is not None}
         registry = single_model_registry(args.model_dir, **fields)
     apply_app_args(registry, {"router": args.router})
-    if args.direct_ingress and not (registry.combined or registry.ingress.num_replicas == 1):
+    direct_possible = registry.combined or registry.ingress.num_replicas == 1
+    if args.direct_ingress and not direct_possible:
         raise ConfigError(f"--direct-ingress serves from one ingress replica on --port {args.port}; the registry has "
                           f"ingress.num_replicas {registry.ingress.num_replicas}")
+    if args.direct_ingress is None:  # Serve's proxy costs a hop per request and per stream message (bench serve)
+        args.direct_ingress = direct_possible and not launch.joins_cluster()
     auth = TokenAuth(resolve_tokens(args.api_tokens, registry.api_tokens))  # what the ingress will resolve too
 
     def _stop(signum: int, frame: object) -> None:

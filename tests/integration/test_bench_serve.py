@@ -28,7 +28,7 @@ def test_bench_serve_reports_both_modes_and_the_ray_tax(capsys):
     assert main(SMALL) == 0
     out, report = _report(capsys)
     assert report["ingress_combined"] is True and "stack cost engine/http" in out
-    for side in ("engine", "http", "http-whole"):
+    for side in ("engine", "http", "http-whole", "http-proxy"):  # direct ingress, and the proxy to the same replica
         for n in ("1", "2"):
             assert report["results"][side][n]["tokens_per_s"] > 0, (side, n)
     assert report["results"]["http"]["1"]["chunks_per_request"] > 1, "a stream arrives in several events"

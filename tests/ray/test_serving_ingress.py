@@ -65,6 +65,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_one_model_one_replica_is_one_deployment_with_json_overload(tiny_run) -> None:
+    """Through Serve's direct ingress: the replica's own HTTP port answers (and refuses) without the proxy."""
     from deployments import launch
     from perkunas_ray.kvserve.registry import parse_registry
     from perkunas_ray.kvserve.serve_options import INGRESS_NAME
@@ -72,7 +73,7 @@ def test_one_model_one_replica_is_one_deployment_with_json_overload(tiny_run) ->
     registry = parse_registry({"models": {"tiny": {"source": str(tiny_run), "num_cpus": 0, "max_ongoing_requests": 1,
                                                    "max_queued_requests": 1, "retry_after_s": 3}}})
     assert registry.combined
-    with launch.serving(registry, f"test:{TOKEN}", num_cpus=2) as url:
+    with launch.serving(registry, f"test:{TOKEN}", num_cpus=2, direct_ingress=True) as url:  # as perkunas serve
         assert _deployments() == {INGRESS_NAME}, "the routes run in the engine replica"
         import httpx
 

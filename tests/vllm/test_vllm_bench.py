@@ -13,7 +13,8 @@ from perkunas_ray.cli import main
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 SMALL = ["bench", "serve", "--preset", "tiny", "--streams", "1,2", "--rounds", "1", "--new-tokens", "8",
-         "--prompt-tokens", "8", "--threads", "1", "--modes", "stream"]
+         "--prompt-tokens", "8", "--threads", "1", "--modes", "stream",
+         "--no-direct-ingress"]
 
 
 def test_bench_serve_with_vllm_sides(capsys: pytest.CaptureFixture) -> None:
