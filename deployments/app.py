@@ -39,8 +39,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     return build_registry_app(registry_from_app_args(args), args.get("api_tokens"))
 
 
-def build_registry_app(registry: Registry, api_tokens: Any = None) -> Any:
-    """Fails here (deploy time) when a model's engine cannot run on this machine."""
+def build_registry_app(registry: Registry, api_tokens: Any = None, router_class: str | None = None) -> Any:
+    """Fails here (deploy time) when a model's engine cannot run on this machine. `router_class`: another Serve
+    request router for the engines, with its own defaults (the routing bench's Ray Serve LLM side)."""
     for spec in registry.models.values():
         check_engine_available(spec)
     if registry.combined:  # one model, one replica: the routes in the engine replica (IngressConfig.mode)
@@ -49,7 +50,10 @@ def build_registry_app(registry: Registry, api_tokens: Any = None) -> Any:
             registry, api_tokens)
     engines = {}
     for model_id, spec in registry.models.items():
-        router = RequestRouterConfig(**request_router_options(spec, registry.router, KV_ROUTER_CLASS))
+        options = request_router_options(spec, registry.router, KV_ROUTER_CLASS)
+        if router_class is not None:
+            options.update(request_router_class=router_class, request_router_kwargs={})
+        router = RequestRouterConfig(**options)
         engines[model_id] = serve.deployment(EngineServer).options(
             **engine_options(spec), request_router_config=router).bind(spec)
     ingress = serve.deployment(serve.ingress()(KVServeIngress)).options(**ingress_options(registry.ingress))

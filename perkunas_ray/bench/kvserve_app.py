@@ -20,21 +20,8 @@ def bench_registry(model_dir: str | Path, replicas: int, num_blocks: int, block_
 
 
 def build_app(registry: Registry, router: str, api_tokens: str) -> Any:
-    """deployments.app.build_registry_app, with Ray Serve LLM's router as a third choice of request router."""
-    from ray import serve
-    from ray.serve.config import RequestRouterConfig
+    """The kvserve app with `router` (kv, pow2: the registry's policy; affinity: Ray Serve LLM's router with Ray's
+    own defaults for its kwargs, as a Ray Serve LLM user gets them)."""
+    from deployments.app import build_registry_app
 
-    from deployments.app import KV_ROUTER_CLASS
-    from deployments.engine_server import EngineServer
-    from deployments.ingress import KVServeIngress
-    from perkunas_ray.kvserve.serve_options import engine_options, ingress_options, request_router_options
-
-    engines = {}
-    for model_id, spec in registry.models.items():
-        options = request_router_options(spec, registry.router, KV_ROUTER_CLASS)
-        if router == "affinity":  # Ray's own defaults for its kwargs, as a Ray Serve LLM user gets them
-            options.update(request_router_class=AFFINITY_ROUTER_CLASS, request_router_kwargs={})
-        engines[model_id] = serve.deployment(EngineServer).options(
-            **engine_options(spec), request_router_config=RequestRouterConfig(**options)).bind(spec)
-    ingress = serve.deployment(serve.ingress()(KVServeIngress)).options(**ingress_options(registry.ingress))
-    return ingress.bind(engines, registry, api_tokens)
+    return build_registry_app(registry, api_tokens, AFFINITY_ROUTER_CLASS if router == "affinity" else None)
