@@ -1,7 +1,7 @@
 """RateBoard: the one rate budget per API key that several ingress replicas share (limits.requests_per_minute).
 
 Each ingress replica keeping its own bucket would let a key send N times its limit through N replicas. One
-small deployment holds the buckets; an ingress asks it once per request (a Ray call, about a millisecond here),
+small deployment holds the buckets; an ingress asks it once per request (one Ray call),
 and only when the registry has a rate limit and more than one ingress replica.
 """
 
