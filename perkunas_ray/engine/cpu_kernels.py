@@ -1,5 +1,6 @@
 """The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm, a few decodes' whole
-decoder blocks in one call and their GEMV for a few rows, built on first use.
+decoder blocks in one call and their projection for a few rows (weights packed into 16-column panels), built on
+first use.
 
 PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
 keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later
@@ -28,9 +29,11 @@ SOURCES = sorted(CSRC.glob("*.cpp"))  # one C++ unit; csrc/cpu_kernels.h declare
 #   -> (B, H, hd), all fp32 but the int64 table and lengths
 DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (..., D), weight (D,), eps), fp32
-# (x (B, D), 11 weights per block, key pools, value pools, cos, sin (B, hd), slots (B,), block_table (B, K),
-#  lengths (B,), heads, eps) -> the residual stream after the blocks (B, D); csrc/decode_layers.cpp says more
-LinearRows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (M, n), weight (out, n)) -> x @ weight.T, fp32
+# (x (B, D), 11 weights per block (the 7 linears as panels), key pools, value pools, cos, sin (B, hd), slots (B,),
+#  block_table (B, K), lengths (B,), heads, eps) -> the residual stream after the blocks (B, D); csrc/decode_layers.cpp
+#  says more
+LinearRows = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x (M, n), panels, out) -> x @ weight.T
+PackPanels = Callable[[torch.Tensor], torch.Tensor]  # weight (out, n) fp32 -> panels (ceil(out / 16), n, 16)
 DecodeLayers = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor,
                          torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
@@ -49,6 +52,7 @@ class CpuKernels(NamedTuple):
     rms_norm: RMSNormKernel
     decode_layers: DecodeLayers
     linear_rows: LinearRows
+    pack_panels: PackPanels
 
 
 @functools.cache

@@ -1,5 +1,5 @@
-"""Linear layers of an engine step on CPU: oneDNN's packed weights for several rows, row blocks for one (or, where the
-engine's C++ kernels are built, their GEMV for up to two rows).
+"""Linear layers of an engine step on CPU: where the engine's C++ kernels are built, their panels for up to
+PANEL_MAX_ROWS rows; otherwise oneDNN's packed weights for several rows and row blocks for one.
 
 MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two rows took longer than
 sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
@@ -25,12 +25,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from perkunas_ray.engine.cpu_kernels import LinearRows
+from perkunas_ray.engine.cpu_kernels import CpuKernels
 
-# Up to this many rows a linear with the C++ GEMV (engine/csrc/decode_layers.cpp) takes it: the head (8192, 384),
-# 2 threads, 16 MB through the cache before each call, median of 200 (row blocks or oneDNN / GEMV):
-# rows 1: 0.24-0.29 / 0.18 ms; rows 2: 0.30-0.33 / 0.26; rows 4: 0.32-0.34 / 0.41-0.47.
-GEMV_MAX_ROWS = 2
+# Up to this many rows a linear with the C++ panels (engine/csrc/decode_layers.cpp) takes them: the head (8192, 384),
+# 2 threads, median of 100 (oneDNN / panels): rows 1: 0.87 / 0.46 ms from memory; rows 16: 1.67 / 0.85 in cache.
+PANEL_MAX_ROWS = 16
 
 
 def split_parts(weight: torch.Tensor) -> int:
@@ -62,25 +61,29 @@ def onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
 class StepLinear:
     """One weight (out, in) of the engine's forward: `step_linear(x)` is F.linear(x, weight), the fastest way here.
 
-    `gemv`: the C++ GEMV (engine/cpu_kernels.py), where it is built: up to GEMV_MAX_ROWS rows take it.
-    `wide`: the (V, D) head. Without the GEMV, a single row on one thread multiplies a (D, V) copy of it, made on
-    first use: a plain row-major GEMV, in a step 0.65 ms against 1.06 for oneDNN and ~1 for F.linear (speed preset,
-    cold cache); the C++ GEMV matches that copy (0.39-0.47 against 0.41-0.44 ms alone) without the second copy.
+    `kernels`: the C++ kernels (engine/cpu_kernels.py), where they are built: up to PANEL_MAX_ROWS rows multiply the
+    weight's panels (`panels`, or packed here: one more copy of the weight, as oneDNN's). `wide`: the (V, D) head.
+    Without the kernels, a single row on one thread multiplies a (D, V) copy of it, made on first use: a plain
+    row-major GEMV, in a step 0.65 ms against 1.06 for oneDNN and ~1 for F.linear (speed preset, cold cache).
     """
 
-    def __init__(self, weight: torch.Tensor, *, wide: bool = False, gemv: LinearRows | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, *, wide: bool = False, kernels: CpuKernels | None = None,
+                 panels: torch.Tensor | None = None) -> None:
         self.weight = weight
         self.packed = onednn_packed(weight)
         self.wide = wide and weight.device.type == "cpu"  # GPUs take either layout at full speed
         self._transposed: torch.Tensor | None = None
-        # The C++ GEMV for a few rows (fp32 CPU weights it reads as they lie), where the kernels are built.
-        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous()
-        self.gemv = gemv if cpu_fp32 else None
+        # The C++ panels for a few rows (fp32 CPU weights), where the kernels are built.
+        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.linear_rows = kernels.linear_rows if kernels is not None and cpu_fp32 else None
+        self.panels = None
+        if self.linear_rows is not None:
+            self.panels = panels if panels is not None else kernels.pack_panels(weight.detach())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if self.gemv is not None and rows <= GEMV_MAX_ROWS and x.dtype == torch.float32:
-            y = self.gemv(x.reshape(rows, x.shape[-1]).contiguous(), self.weight)
+        if self.linear_rows is not None and rows <= PANEL_MAX_ROWS and x.dtype == torch.float32:
+            y = self.linear_rows(x.reshape(rows, x.shape[-1]).contiguous(), self.panels, self.weight.shape[0])
             return y.view(*x.shape[:-1], self.weight.shape[0])
         if self.packed is not None and rows > 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from perkunas_ray.engine.cpu_kernels import CpuKernels, LinearRows
+from perkunas_ray.engine.cpu_kernels import CpuKernels
 from perkunas_ray.engine.cpu_linear import StepLinear
 from perkunas_ray.engine.kv_store import KVStore
 from perkunas_ray.engine.step_inputs import StepInputs
@@ -35,6 +35,15 @@ def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
     return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.eps).to(x.dtype)
 
 
+LINEAR_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def linear_weights(block: torch.nn.Module) -> list[torch.Tensor]:
+    """A decoder block's seven linear weights, in LINEAR_NAMES order."""
+    a, mlp = block.self_attn, block.mlp
+    return [m.weight for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+
+
 @dataclasses.dataclass
 class BlockLinears:
     """A decoder block's seven linear weights, ready for the engine's step."""
@@ -48,20 +57,18 @@ class BlockLinears:
     down: StepLinear
 
     @classmethod
-    def of(cls, block: torch.nn.Module, gemv: LinearRows | None = None) -> BlockLinears:
-        a, mlp = block.self_attn, block.mlp
-        return cls(*(StepLinear(m.weight, gemv=gemv) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                                                                mlp.gate_proj, mlp.up_proj, mlp.down_proj)))
+    def of(cls, block: torch.nn.Module, kernels: CpuKernels | None = None) -> BlockLinears:
+        return cls(*(StepLinear(w, kernels=kernels) for w in linear_weights(block)))
 
-
-def block_weights(block: torch.nn.Module) -> list[torch.Tensor]:
-    """A decoder block's weights in the order csrc/decode_layers.cpp reads them (no qk-norm: empty q/k norms)."""
-    a, mlp = block.self_attn, block.mlp
-    none = torch.empty(0)
-    q_norm, k_norm = (a.q_norm.weight, a.k_norm.weight) if a.qk_norm else (none, none)
-    return [block.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, q_norm, k_norm,
-            a.o_proj.weight, block.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
-            mlp.down_proj.weight]
+    def kernel_weights(self, block: torch.nn.Module) -> list[torch.Tensor]:
+        """The block's weights in the order csrc/decode_layers.cpp reads them: the linears as their panels (empty
+        q/k norms without qk-norm); None where a linear has no panels (not fp32 on CPU)."""
+        a = block.self_attn
+        panels = {name: getattr(self, name).panels for name in LINEAR_NAMES}
+        none = torch.empty(0)
+        q_norm, k_norm = (a.q_norm.weight, a.k_norm.weight) if a.qk_norm else (none, none)
+        return [block.input_layernorm.weight, panels["q"], panels["k"], panels["v"], q_norm, k_norm, panels["o"],
+                block.post_attention_layernorm.weight, panels["gate"], panels["up"], panels["down"]]
 
 
 class DecodeForward:
@@ -72,13 +79,13 @@ class DecodeForward:
         run the blocks in one call (the KV store holds floats the kernel reads in place)."""
         self.model = model
         self.rms_norm_kernel = kernels.rms_norm if kernels is not None else None
-        gemv = kernels.linear_rows if kernels is not None else None
         self.cfg = model.config
         self.blocks = list(model.model.layers.values())
-        self.linears = [BlockLinears.of(block, gemv) for block in self.blocks]
-        self.head = StepLinear(model.head_weight, wide=True, gemv=gemv)
-        self.block_weights = [weight for block in self.blocks for weight in block_weights(block)]
-        kernel_ready = all(w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
+        self.linears = [BlockLinears.of(block, kernels) for block in self.blocks]
+        self.head = StepLinear(model.head_weight, wide=True, kernels=kernels)
+        self.block_weights = [weight for block, lin in zip(self.blocks, self.linears, strict=True)
+                              for weight in lin.kernel_weights(block)]
+        kernel_ready = all(w is not None and w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
                            for w in self.block_weights)
         # The C++ blocks of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
         self.decode_layers = kernels.decode_layers if kernels is not None and fused_decodes and kernel_ready else None

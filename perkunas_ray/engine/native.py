@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,22 +18,24 @@ from typing import Any
 
 from perkunas_ray.engine.core import EngineCore
 from perkunas_ray.engine.interface import EngineStats, KVEvent, KVPolicy, RequestOutput, SamplingParams
-from perkunas_ray.engine.torch_thread import on_torch_thread
+from perkunas_ray.engine.torch_thread import on_torch_thread, submit_to_torch_thread
 from perkunas_ray.model.decoder import DecoderLM
 
-# The serving loop runs steps on the torch thread for up to this long per hand-off from the event loop: one
-# executor round trip (a future, a wake-up of the loop, a GIL hand-over) per step cost ~0.1 ms of a 0.8 ms step at
-# one stream. Outputs still reach their streams after every step (a first token ends the hand-off at once); an abort
-# or a stats call waits at most this.
+logger = logging.getLogger("perkunas.engine")
+
+# A stepping job on the torch thread steps for up to this long, then queues its successor there: other torch-thread
+# work (an abort's release of blocks, a checkpoint switch) waits at most this. The event loop is not in that chain:
+# when each next step waited for the loop to take the previous hand-off's result (a future, a wake-up, the GIL), the
+# engine idled while the loop sent the step's SSE events, and the loop idled while the engine stepped.
 STEPS_PER_HANDOFF_S = 0.005
 
 
 class NativeEngine:
     """Continuous batching over a paged KV cache, on CPU or one GPU (the `Engine` protocol).
 
-    `generate` steps the core in the caller's thread until its requests finish. `stream` queues a request
-    and makes sure one background asyncio task steps the core (each hand-off on the torch thread, so the
-    event loop stays responsive) while any request is live; all live requests share every step.
+    `generate` steps the core in the caller's thread until its requests finish. `stream` queues a request and
+    makes sure a stepping job runs on the torch thread while any request is live (each queues the next, see
+    STEPS_PER_HANDOFF_S); all live requests share every step, and outputs reach each stream's event loop.
     """
 
     def __init__(self, model: DecoderLM, tokenizer: Any, eos_token_id: int, policy: KVPolicy | None = None, *,
@@ -46,7 +50,8 @@ class NativeEngine:
         self.block_size = self.core.block_size
         self.chat_template = chat_template
         self.name = name
-        self._task: asyncio.Task[None] | None = None
+        self._stepping = False  # a stepping job is queued or running on the torch thread
+        self._stepping_lock = threading.Lock()
 
     @classmethod
     def from_path(cls, path: str | Path, policy: KVPolicy | None = None, device: str = "cpu", dtype: str = "fp32",
@@ -77,7 +82,7 @@ class NativeEngine:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         self.core.add(self.core.new_request(request_id, prompt, params, sink))
-        self._ensure_stepping(loop)
+        self._ensure_stepping()
         finished = False
         try:
             while True:
@@ -91,35 +96,47 @@ class NativeEngine:
         finally:
             if not finished:
                 self.core.abort(request_id)
-                self._ensure_stepping(loop)
+                self._ensure_stepping()
 
-    def _ensure_stepping(self, loop: asyncio.AbstractEventLoop) -> None:
-        if loop.is_closed():
-            return
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._step_loop())
-
-    def _steps(self, budget_s: float) -> None:
-        """Step while there is work, for up to `budget_s` (at least one step), and no further than a step that gave
-        a stream its first output: while this thread steps it mostly holds the GIL, and the event loop must send
-        that token now, not coalesced with the next ones (TTFT)."""
-        deadline = time.perf_counter() + budget_s
-        while self.core.has_unfinished():
-            if self.core.step() or time.perf_counter() >= deadline:
+    def _ensure_stepping(self) -> None:
+        with self._stepping_lock:
+            if self._stepping:
                 return
+            self._stepping = True
+        self._queue_stepping_job()
 
-    async def _step_loop(self) -> None:
+    def _queue_stepping_job(self) -> None:
+        try:
+            submit_to_torch_thread(self._stepping_job)
+        except RuntimeError:  # the interpreter is shutting down: no stream is left to serve
+            with self._stepping_lock:
+                self._stepping = False
+
+    def _stepping_job(self) -> None:
+        """On the torch thread: step while there is work, for up to STEPS_PER_HANDOFF_S (at least one step), then
+        queue the next job behind whatever else waits for this thread, or stop when no request is left."""
+        deadline = time.perf_counter() + STEPS_PER_HANDOFF_S
         try:
             while self.core.has_unfinished():
-                await on_torch_thread(self._steps, STEPS_PER_HANDOFF_S)
-        except Exception as exc:  # step() confines request failures; anything left is the engine's own
+                self.core.step()
+                if time.perf_counter() >= deadline:
+                    break
+        except Exception as exc:  # noqa: BLE001 - step() confines request failures; anything left is the engine's
+            logger.exception("engine %s: stepping failed; its streams get the error", self.name)
+            with self._stepping_lock:
+                self._stepping = False
             self.core.fail_streams(exc)
-            raise
+            return
+        with self._stepping_lock:  # an add() that finds _stepping set relies on this check seeing its request
+            if not self.core.has_unfinished():
+                self._stepping = False
+                return
+        self._queue_stepping_job()
 
     async def abort(self, request_id: str) -> None:
-        """Stop a request and free its blocks (no-op when unknown or finished)."""
+        """Stop a request and free its blocks (no-op when unknown or finished); returns once they are free."""
         self.core.abort(request_id)
-        await on_torch_thread(self.core.apply_pending)
+        await on_torch_thread(self.core.apply_pending)  # behind the running stepping job, at most its hand-off
 
     def stats(self) -> EngineStats:
         return self.core.stats()

@@ -34,6 +34,11 @@ def run_on_torch_thread(fn: Callable[..., T], *args: Any) -> T:
     return _TORCH.submit(fn, *args).result()
 
 
+def submit_to_torch_thread(fn: Callable[[], None]) -> None:
+    """Queue fn() on the torch thread without waiting for it (fn reports its own errors)."""
+    _TORCH.submit(fn)
+
+
 async def on_torch_thread(fn: Callable[..., T], *args: Any) -> T:
     """Await fn(*args) on the torch thread."""
     return await asyncio.get_running_loop().run_in_executor(_TORCH, functools.partial(fn, *args))

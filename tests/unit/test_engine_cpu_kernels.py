@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine.cpu_kernels import cpu_kernels
-from perkunas_ray.engine.cpu_linear import GEMV_MAX_ROWS, StepLinear
+from perkunas_ray.engine.cpu_linear import PANEL_MAX_ROWS, StepLinear
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.kv_store import KVStore
@@ -154,7 +154,7 @@ def _decode_step(lengths: list[int], bs: int, num_blocks: int, vocab: int, g: to
 @needs_kernels
 @pytest.mark.parametrize(("qk_norm", "kv_heads", "threads"), [(False, 4, 2), (True, 2, 2), (True, 1, 1)])
 def test_decode_layers_equal_the_eager_forward(qk_norm: bool, kv_heads: int, threads: int) -> None:
-    """Hidden states and every block's written keys/values, for 1-5 decodes (d_ff 40: GEMV tails past 16 floats),
+    """Hidden states and every block's written keys/values, for 1-5 decodes (d_ff 40: a panel past the weight's rows),
     positions past max_seq_len included (the RoPE table grows as pruning needs)."""
     cfg = ModelConfig(vocab_size=90, d_model=32, n_layers=3, n_heads=4, n_kv_heads=kv_heads, d_ff=40, max_seq_len=16,
                       qk_norm=qk_norm).validate()
@@ -198,12 +198,11 @@ def test_decode_layers_refuse_bad_slots_and_weights() -> None:
             forward.decodes(step, store)
         step.slots[0] = 5
         forward.block_weights[11 + 8] = forward.block_weights[11 + 8][:, :-1]
-        with pytest.raises(RuntimeError, match=r"layer 1 gate must be a contiguous fp32 tensor of shape \[48, 32\]"):
+        with pytest.raises(RuntimeError, match=r"layer 1 gate panels must be a contiguous fp32 tensor of shape "
+                                               r"\[3, 32, 16\]"):
             forward.decodes(step, store)
-    # Weights the kernel cannot read as they lie (here a transposed view) keep the model on the eager forward.
-    gate = model.model.layers["1"].mlp.gate_proj
-    gate.weight.data = gate.weight.data.t().contiguous().t()
-    assert DecodeForward(model, kernels, fused_decodes=True).decode_layers is None
+    # Weights in another dtype have no panels: the model stays on the eager forward.
+    assert DecodeForward(build_model(cfg, seed=0).eval().bfloat16(), kernels, fused_decodes=True).decode_layers is None
 
 
 @needs_kernels
@@ -211,11 +210,11 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
     """Greedy tokens equal the eager forward's, and steps with prefill chunks or more than FUSED_DECODE_ROWS
     decodes take the eager forward."""
     model = build_model(tiny_config(), seed=0).eval()
-    prompts = [[5, 6, 7], [8, 9], [3], [10, 11, 12, 13], [4, 4], [7]]
+    prompts = [[5 + i % 7, 8 + i % 5, 3][:1 + i % 3] for i in range(FUSED_DECODE_ROWS + 2)]
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
     def run(prompts: list[list[int]], fused: bool) -> tuple[list[list[int]], list[int]]:
-        engine = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=64))
+        engine = NativeEngine(model, toy_tokenizer(), 0, KVPolicy(num_blocks=128, max_num_seqs=32))
         calls: list[int] = []
         decodes = engine.core.runner.forward.decodes
         monkeypatch.setattr(engine.core.runner.forward, "decodes",
@@ -238,33 +237,40 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
 @needs_kernels
 @pytest.mark.parametrize("threads", [1, 2])
 def test_linear_rows_equal_f_linear_and_serve_few_rows(threads: int) -> None:
-    """The GEMV equals F.linear to rounding (inner sizes off the 16-float step, 1-6 rows, strided inputs); a step
-    linear given it sends up to GEMV_MAX_ROWS rows there and more to oneDNN; bad shapes are named."""
+    """The panel product equals F.linear to rounding (output sizes off the 16-column panel, inner sizes of any
+    length, 1-17 rows, a transposed weight); a step linear sends up to PANEL_MAX_ROWS rows there and more to
+    oneDNN; bad shapes are named."""
     g = torch.Generator().manual_seed(threads)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         for out, n in ((96, 40), (130, 384), (7, 5)):
             weight = torch.randn(out, n, generator=g)
-            for rows in range(1, 7):
+            panels = kernels.pack_panels(weight)
+            assert panels.shape == ((out + 15) // 16, n, 16)
+            torch.testing.assert_close(kernels.pack_panels(weight.t().contiguous().t()), panels, rtol=0, atol=0)
+            for rows in range(1, 18):
                 x = torch.randn(rows, n, generator=g)
-                torch.testing.assert_close(kernels.linear_rows(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+                # one sum over n per output, not pairwise: at n = 384 rounding reaches ~2e-5 (values ~20)
+                torch.testing.assert_close(kernels.linear_rows(x, panels, out), F.linear(x, weight), rtol=1e-4,
+                                           atol=1e-4)
             calls: list[int] = []
+            linear = StepLinear(weight, wide=True, kernels=kernels)
 
-            def gemv(x: torch.Tensor, w: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
+            def tracked(x: torch.Tensor, p: torch.Tensor, o: int, calls: list[int] = calls) -> torch.Tensor:
                 calls.append(x.shape[0])
-                return kernels.linear_rows(x, w)
+                return kernels.linear_rows(x, p, o)
 
-            linear = StepLinear(weight, wide=True, gemv=gemv)
-            for rows in (1, 2, 3, 16):
+            linear.linear_rows = tracked
+            for rows in (1, 2, 16, 17):
                 x = torch.randn(1, rows, n, generator=g)
                 for given in (x, x[0].t().contiguous().t()[None]):
-                    torch.testing.assert_close(linear(given), F.linear(x, weight), rtol=1e-5, atol=1e-5)
-            assert calls == [1, 1, 2, 2] and GEMV_MAX_ROWS == 2 and linear._transposed is None
+                    torch.testing.assert_close(linear(given), F.linear(x, weight), rtol=1e-4, atol=1e-4)
+            assert calls == [1, 1, 2, 2, 16, 16] and PANEL_MAX_ROWS == 16 and linear._transposed is None
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(RuntimeError, match=r"weight must be a contiguous fp32 tensor of shape \[8, 5\]"):
-        kernels.linear_rows(torch.randn(2, 5), torch.randn(8, 6))
+    with pytest.raises(RuntimeError, match=r"weight panels must be a contiguous fp32 tensor of shape \[1, 5, 16\]"):
+        kernels.linear_rows(torch.randn(2, 5), kernels.pack_panels(torch.randn(8, 6)), 8)
     with pytest.raises(RuntimeError, match=r"x must be a contiguous \(M, n\) fp32 tensor"):
-        kernels.linear_rows(torch.randn(5, 2).t(), torch.randn(8, 5))
-    assert StepLinear(torch.randn(8, 5).bfloat16(), gemv=kernels.linear_rows).gemv is None  # fp32 only
+        kernels.linear_rows(torch.randn(5, 2).t(), kernels.pack_panels(torch.randn(8, 5)), 8)
+    assert StepLinear(torch.randn(8, 5).bfloat16(), kernels=kernels).panels is None  # fp32 only

@@ -1,4 +1,4 @@
-// The CPU kernels' shared declarations: the four entry points Python binds (engine/cpu_kernels.py) and the row
+// The CPU kernels' shared declarations: the entry points Python binds (engine/cpu_kernels.py) and the row
 // helpers one file calls in another. Every .cpp here includes it, so the files compile in any order, alone or as
 // the one unit load_inline builds.
 #pragma once
@@ -25,6 +25,13 @@ void paged_decode_attention_into(const float* qs, const float* ks, const float* 
 
 // ---- entry points (bound to Python as CpuKernels' fields) -------------------------------------------------------
 
+// The entry points that run long (a step's blocks, a GEMV, decode attention) drop the GIL for their whole body;
+// pybind11 takes it back before the result becomes a Python object, and they touch no Python object. A serving
+// replica's event loop (HTTP, SSE) then runs beside a step's kernels instead of waiting up to a whole step for the
+// lock. rms_norm keeps it: it takes microseconds, and a thread that lets go of the GIL may wait for the event loop's
+// next switch interval to get it back.
+using NoGil = pybind11::gil_scoped_release;
+
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool,
                                      const torch::Tensor& v_pool, const torch::Tensor& block_table,
                                      const torch::Tensor& lengths, double scale);
@@ -37,4 +44,6 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
                             const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads,
                             double eps);
 
-torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& weight);
+torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& panels, int64_t out);
+
+torch::Tensor pack_panels(const torch::Tensor& weight);

@@ -104,6 +104,7 @@ void paged_decode_attention_into(const float* qs, const float* ks, const float* 
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool,
                                      const torch::Tensor& v_pool, const torch::Tensor& block_table,
                                      const torch::Tensor& lengths, double scale) {
+  const NoGil no_gil;
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(),
               "q must be a contiguous (B, H, hd) fp32 tensor");
   TORCH_CHECK(k_pool.dim() == 4 && k_pool.scalar_type() == torch::kFloat32 && k_pool.is_contiguous() &&
