@@ -95,7 +95,6 @@ class EngineCore:
         self._pending_lock = threading.Lock()
         self._pending_adds: list[RequestState] = []
         self._pending_aborts: list[str] = []
-        self._sent_first_output = False  # this step handed some stream its first output (step's result)
         self._num_finished = 0
         self._num_generated_tokens = 0
         self._num_failed = 0
@@ -172,10 +171,10 @@ class EngineCore:
         self._emit(state)
 
     def _emit(self, state: RequestState) -> None:
-        """Hand a request's new output to its stream, or keep the final one for `generate`."""
+        """Hand a request's new output to its stream (only the last with `final_only`), or keep the final one for
+        `generate`."""
         finished = state.finished
-        if state.sink is not None:
-            self._sent_first_output |= all(seq.num_emitted_tokens == 0 for seq in state.sequences)
+        if state.sink is not None and (finished or not state.params.final_only):
             state.sink(self.output_processor.make_output(state))
         elif finished:
             state.final_output = self.output_processor.make_output(state)
@@ -190,20 +189,18 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return bool(self._pending_adds or self._pending_aborts or self.scheduler.num_unfinished)
 
-    def step(self) -> bool:
-        """One scheduler step: schedule, run the model, sample, apply stop conditions, emit outputs. True when it
-        gave some stream its first output (a caller stepping in a loop hands that token on at once: TTFT).
+    def step(self) -> None:
+        """One scheduler step: schedule, run the model, sample, apply stop conditions, emit outputs.
 
         A failure is confined to the requests it concerns: a row the sampler or the output processor
         cannot handle fails only its request; a failed forward pass fails only the requests of this step.
         Either way the engine goes on serving the others.
         """
         with self._step_lock:
-            self._sent_first_output = False
             self._apply_pending()
             scheduled = self.scheduler.schedule()
             if scheduled.is_empty:
-                return False
+                return
             self.num_steps += 1
             try:
                 logits, prompt_logprobs = self.runner.execute(scheduled)
@@ -212,7 +209,7 @@ class EngineCore:
                 self.kv_manager.reset_prefix_cache()
                 for item in scheduled.scheduled:
                     self._fail(item.request.group_id, exc)
-                return False
+                return
             for chunk in prompt_logprobs:
                 if (owner := self._states.get(chunk.request.group_id)) is not None:
                     self.output_processor.add_prompt_logprobs(owner, chunk.first_position, chunk.entries)
@@ -229,8 +226,8 @@ class EngineCore:
                     if row in sampled.errors:
                         raise sampled.errors[row]
                     seq = self._sequences[request.request_id]
-                    status = self.output_processor.append_token(seq, token_id, logprobs,
-                                                                incremental_text=state.sink is not None)
+                    incremental_text = state.sink is not None and not state.params.final_only
+                    status = self.output_processor.append_token(seq, token_id, logprobs, incremental_text)
                 except Exception as exc:  # noqa: BLE001 - confined to this request
                     touched.pop(state.request_id, None)
                     self._fail(state.request_id, exc)
@@ -242,7 +239,6 @@ class EngineCore:
             for state in touched.values():
                 if state.sink is not None or state.finished:
                     self._emit(state)
-            return self._sent_first_output
 
     def _fail(self, request_id: str, exc: Exception) -> None:
         """End a request with an error (under the step lock): its blocks go back, its consumer gets the error."""

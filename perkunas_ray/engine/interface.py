@@ -52,6 +52,9 @@ class SamplingParams:
     logprobs: int | None = None  # None = off; k >= 0 = the sampled token's logprob plus the top k
     prompt_logprobs: int | None = None  # None = off; k >= 0 = each prompt token's logprob plus the top k
     n: int = 1
+    # A stream of this request yields only its finished output (vLLM's RequestOutputKind.FINAL_ONLY): a whole reply
+    # then costs no output, text decode or event-loop wake-up per step.
+    final_only: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,6 +82,7 @@ class SamplingParams:
         check(self.prompt_logprobs is None or (is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
               f"{prefix}.prompt_logprobs", "None or an integer in [0, 20]", self.prompt_logprobs)
         check(is_int(self.n) and self.n >= 1, f"{prefix}.n", "an integer >= 1", self.n)
+        check(isinstance(self.final_only, bool), f"{prefix}.final_only", "true or false", self.final_only)
         return self
 
 

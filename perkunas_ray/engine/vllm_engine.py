@@ -79,7 +79,7 @@ def vllm_engine_args(model_path: str, policy: KVPolicy, *, on_cpu: bool, max_mod
 
 
 def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """vllm.SamplingParams keywords (plus output_kind=DELTA, set by the caller)."""
+    """vllm.SamplingParams keywords (plus output_kind, set by the caller)."""
     return {"n": params.n, "max_tokens": params.max_tokens, "temperature": params.temperature,
             "top_k": params.top_k if params.top_k > 0 else -1, "top_p": params.top_p, "min_p": params.min_p,
             "repetition_penalty": params.repetition_penalty, "seed": params.seed, "stop": list(params.stop),
@@ -143,7 +143,7 @@ class VLLMEngine:
         self.model_path = path
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.eos_token_id = eos_token_id(self.tokenizer)
-        self._vllm, self._delta = vllm, RequestOutputKind.DELTA
+        self._vllm, self._output_kind = vllm, RequestOutputKind
         args = vllm_engine_args(str(path), self.policy, on_cpu=on_cpu, max_model_len=max_model_len, dtype=dtype,
                                 gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager)
         if on_cpu and (self.policy.num_blocks or self.policy.kv_budget_bytes):
@@ -203,7 +203,9 @@ class VLLMEngine:
         try:
             kwargs = vllm_sampling_kwargs(params)
             kwargs["n"] = params.n // copies
-            sp = self._vllm.SamplingParams(**kwargs, output_kind=self._delta)
+            # FINAL_ONLY's one output holds every token and all the text: the same as a delta from the start
+            kind = self._output_kind.FINAL_ONLY if params.final_only else self._output_kind.DELTA
+            sp = self._vllm.SamplingParams(**kwargs, output_kind=kind)
             async for out in self._llm.generate(self._prompt(prompt), sp, request_id):
                 deltas: dict[int, tuple[list[int], str]] = {}
                 for c in (c for c in out.outputs for _ in range(copies)):

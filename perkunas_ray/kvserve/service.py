@@ -200,9 +200,11 @@ class EngineService:
             await deltas.aclose()
 
     async def complete(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputDelta:
-        """The whole request as one delta (a non-streaming request crosses the wire once, not once per token)."""
+        """The whole request as one delta (a non-streaming request crosses the wire once, not once per token; the
+        engine hands over only its finished output)."""
         deltas = []
-        async for delta in self._engine_deltas(request_id, prompt_token_ids, params):
+        async for delta in self._engine_deltas(request_id, prompt_token_ids,
+                                               dataclasses.replace(params, final_only=True)):
             deltas.append(delta)
         return merge_deltas(deltas)
 

@@ -61,6 +61,29 @@ def test_concurrent_streams_interleave_and_deltas_add_up(engine: NativeEngine) -
     assert_all_blocks_free(engine)
 
 
+def test_final_only_streams_yield_one_finished_output_equal_to_generate(engine: NativeEngine) -> None:
+    """A whole reply's stream (`final_only`) hands over one output, all of it in the delta, beside a per-step stream
+    of the same request; a stop string still ends it."""
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    want = engine.generate(["Once upon a time"], params)[0].outputs[0]
+    stop = want.text[8:11]
+
+    async def main() -> tuple[list[RequestOutput], list[RequestOutput], list[RequestOutput]]:
+        final_only = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, final_only=True)
+        stopped = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, final_only=True, stop=[stop])
+        return await asyncio.gather(collect(engine, "whole", "Once upon a time", final_only, []),
+                                    collect(engine, "steps", "Once upon a time", params, []),
+                                    collect(engine, "stop", "Once upon a time", stopped, []))
+
+    whole, steps, stopped = asyncio.run(main())
+    assert len(whole) == 1 and whole[0].finished and len(steps) == 20
+    (seq,) = whole[0].outputs
+    assert seq.delta_token_ids == seq.token_ids == want.token_ids and seq.delta_text == seq.text == want.text
+    assert len(stopped) == 1 and stopped[0].outputs[0].text == want.text[:want.text.index(stop)]
+    assert stopped[0].outputs[0].finish_reason == "stop"
+    assert_all_blocks_free(engine)
+
+
 def test_stream_holds_back_text_that_may_become_a_stop_string(engine: NativeEngine) -> None:
     base = engine.generate(["Once upon a time"], SamplingParams(max_tokens=30, temperature=0))[0].outputs[0].text
     stop = next(base[i:i + 4] for i in range(10, len(base) - 4) if "\ufffd" not in base[i:i + 4])
