@@ -8,7 +8,6 @@ torch thread (engine/torch_thread.py) while any request is live.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from perkunas_ray.engine.core import EngineCore
 from perkunas_ray.engine.interface import EngineStats, KVEvent, KVPolicy, RequestOutput, SamplingParams
+from perkunas_ray.engine.loop_inbox import LoopInboxes
 from perkunas_ray.engine.torch_thread import on_torch_thread, submit_to_torch_thread
 from perkunas_ray.model.decoder import DecoderLM
 
@@ -52,6 +52,7 @@ class NativeEngine:
         self.name = name
         self._stepping = False  # a stepping job is queued or running on the torch thread
         self._stepping_lock = threading.Lock()
+        self._inboxes = LoopInboxes()  # where the torch thread leaves each stream's outputs
 
     @classmethod
     def from_path(cls, path: str | Path, policy: KVPolicy | None = None, device: str = "cpu", dtype: str = "fp32",
@@ -74,14 +75,9 @@ class NativeEngine:
 
         Leaving the iteration early (break, cancellation, a dropped client) aborts the request.
         """
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def sink(item: Any) -> None:  # on the torch thread: hand the item to this loop
-            with contextlib.suppress(RuntimeError):  # the loop is closed: its consumer is gone, nobody needs it
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        self.core.add(self.core.new_request(request_id, prompt, params, sink))
+        inbox = self._inboxes.of(asyncio.get_running_loop())
+        self.core.add(self.core.new_request(request_id, prompt, params, lambda item: inbox.put(queue, item)))
         self._ensure_stepping()
         finished = False
         try:
