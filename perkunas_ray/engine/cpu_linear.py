@@ -1,7 +1,12 @@
-"""Linear layers of an engine step on CPU: where the engine's C++ kernels are built, their panels for up to
-PANEL_MAX_ROWS rows; otherwise oneDNN's packed weights for several rows and row blocks for one.
+"""Linear layers of an engine step on CPU: where the engine's C++ kernels are built, their panels (any number of
+rows); otherwise oneDNN's packed weights for several rows and row blocks for one.
 
-MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two rows took longer than
+The panels (engine/csrc/decode_layers.cpp) against oneDNN's packed weights, the speed preset's shapes, 2 threads,
+median of 30, ms (panels / oneDNN): the (8192, 384) head at 1 row 0.46 / 0.87 from memory, at 16 rows 0.85 / 1.67
+in cache; at 17-512 rows every shape within 0.9-1.1x of oneDNN or faster (the head at 512 rows: 20.4 / 24.3; the down
+projection at 512: 2.4 / 3.3). So a weight with panels keeps no oneDNN copy: one copy beside the model's, not two.
+
+Without the kernels: MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two rows took longer than
 sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
 so out of cache as in a real step; one process, 2 cores, median of 50; `F.linear` / row blocks / oneDNN):
 
@@ -26,10 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from perkunas_ray.engine.cpu_kernels import CpuKernels
-
-# Up to this many rows a linear with the C++ panels (engine/csrc/decode_layers.cpp) takes them: the head (8192, 384),
-# 2 threads, median of 100 (oneDNN / panels): rows 1: 0.87 / 0.46 ms from memory; rows 16: 1.67 / 0.85 in cache.
-PANEL_MAX_ROWS = 16
 
 
 def split_parts(weight: torch.Tensor) -> int:
@@ -61,28 +62,28 @@ def onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
 class StepLinear:
     """One weight (out, in) of the engine's forward: `step_linear(x)` is F.linear(x, weight), the fastest way here.
 
-    `kernels`: the C++ kernels (engine/cpu_kernels.py), where they are built: up to PANEL_MAX_ROWS rows multiply the
-    weight's panels (`panels`, or packed here: one more copy of the weight, as oneDNN's). `wide`: the (V, D) head.
-    Without the kernels, a single row on one thread multiplies a (D, V) copy of it, made on first use: a plain
-    row-major GEMV, in a step 0.65 ms against 1.06 for oneDNN and ~1 for F.linear (speed preset, cold cache).
+    `kernels`: the C++ kernels (engine/cpu_kernels.py), where they are built: fp32 rows multiply the weight's panels
+    (`panels`, or packed here: one more copy of the weight, instead of oneDNN's). `wide`: the (V, D) head. Without
+    the kernels, a single row on one thread multiplies a (D, V) copy of it, made on first use: a plain row-major
+    GEMV, in a step 0.65 ms against 1.06 for oneDNN and ~1 for F.linear (speed preset, cold cache).
     """
 
     def __init__(self, weight: torch.Tensor, *, wide: bool = False, kernels: CpuKernels | None = None,
                  panels: torch.Tensor | None = None) -> None:
         self.weight = weight
-        self.packed = onednn_packed(weight)
         self.wide = wide and weight.device.type == "cpu"  # GPUs take either layout at full speed
         self._transposed: torch.Tensor | None = None
-        # The C++ panels for a few rows (fp32 CPU weights), where the kernels are built.
+        # The C++ panels (fp32 CPU weights), where the kernels are built; oneDNN's packed copy otherwise.
         cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
         self.linear_rows = kernels.linear_rows if kernels is not None and cpu_fp32 else None
         self.panels = None
         if self.linear_rows is not None:
             self.panels = panels if panels is not None else kernels.pack_panels(weight.detach())
+        self.packed = onednn_packed(weight) if self.panels is None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if self.linear_rows is not None and rows <= PANEL_MAX_ROWS and x.dtype == torch.float32:
+        if self.linear_rows is not None and x.dtype == torch.float32:
             y = self.linear_rows(x.reshape(rows, x.shape[-1]).contiguous(), self.panels, self.weight.shape[0])
             return y.view(*x.shape[:-1], self.weight.shape[0])
         if self.packed is not None and rows > 1:

@@ -18,7 +18,7 @@ from perkunas_ray.engine.step_inputs import StepInputBuilder, StepInputs
 from perkunas_ray.model.decoder import DecoderLM
 
 # Up to this many decodes a step runs its blocks in one C++ call (DecodeForward.decodes); more go through the
-# eager forward (its linears: the same panels up to PANEL_MAX_ROWS rows, then oneDNN). Speed preset, 2 threads,
+# eager forward (its linears on the same panels, engine/cpu_linear.py). Speed preset, 2 threads,
 # ms a step fused / eager: 8 decodes 3.3 / 4.1, 16 decodes 6.0-6.4 either way; the fused call also lets go of the
 # GIL for the whole step, so a serving replica's event loop runs beside it (max_num_seqs defaults to 16).
 FUSED_DECODE_ROWS = 16

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from perkunas_ray.config import ModelConfig
 from perkunas_ray.engine.cpu_kernels import cpu_kernels
-from perkunas_ray.engine.cpu_linear import PANEL_MAX_ROWS, StepLinear
+from perkunas_ray.engine.cpu_linear import StepLinear
 from perkunas_ray.engine.decode_forward import DecodeForward
 from perkunas_ray.engine.interface import KVPolicy, SamplingParams
 from perkunas_ray.engine.kv_store import KVStore
@@ -238,8 +238,8 @@ def test_engine_runs_few_decodes_through_the_fused_blocks_only(monkeypatch: pyte
 @pytest.mark.parametrize("threads", [1, 2])
 def test_linear_rows_equal_f_linear_and_serve_few_rows(threads: int) -> None:
     """The panel product equals F.linear to rounding (output sizes off the 16-column panel, inner sizes of any
-    length, 1-17 rows, a transposed weight); a step linear sends up to PANEL_MAX_ROWS rows there and more to
-    oneDNN; bad shapes are named."""
+    length, 1-17 rows, a transposed weight); a step linear sends any number of rows there and keeps no oneDNN copy;
+    bad shapes are named."""
     g = torch.Generator().manual_seed(threads)
     before = torch.get_num_threads()
     try:
@@ -262,11 +262,11 @@ def test_linear_rows_equal_f_linear_and_serve_few_rows(threads: int) -> None:
                 return kernels.linear_rows(x, p, o)
 
             linear.linear_rows = tracked
-            for rows in (1, 2, 16, 17):
+            for rows in (1, 2, 16, 40):
                 x = torch.randn(1, rows, n, generator=g)
                 for given in (x, x[0].t().contiguous().t()[None]):
                     torch.testing.assert_close(linear(given), F.linear(x, weight), rtol=1e-4, atol=1e-4)
-            assert calls == [1, 1, 2, 2, 16, 16] and PANEL_MAX_ROWS == 16 and linear._transposed is None
+            assert calls == [1, 1, 2, 2, 16, 16, 40, 40] and linear.packed is None and linear._transposed is None
     finally:
         torch.set_num_threads(before)
     with pytest.raises(RuntimeError, match=r"weight panels must be a contiguous fp32 tensor of shape \[1, 5, 16\]"):
