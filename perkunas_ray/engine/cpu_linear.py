@@ -6,8 +6,8 @@ median of 30, ms (panels / oneDNN): the (8192, 384) head at 1 row 0.46 / 0.87 fr
 in cache; at 17-512 rows every shape within 0.9-1.1x of oneDNN or faster (the head at 512 rows: 20.4 / 24.3; the down
 projection at 512: 2.4 / 3.3). So a weight with panels keeps no oneDNN copy: one copy beside the model's, not two.
 
-Without the kernels: MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two rows took longer than
-sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
+Without the kernels: MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two
+rows took longer than sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
 so out of cache as in a real step; one process, 2 cores, median of 50; `F.linear` / row blocks / oneDNN):
 
 - rows 1:   2.63 / 0.63 / 0.87 ms     (1 thread: 2.61 / - / 1.92)

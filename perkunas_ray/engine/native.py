@@ -1,8 +1,8 @@
 """NativeEngine: the PyTorch paged-KV engine's async front over its synchronous EngineCore (engine/core.py).
 
 As vLLM splits AsyncLLM from EngineCore: the core admits requests, steps and reports; this front turns streams
-into queued requests whose outputs land on the caller's event loop, and keeps one task stepping the core on the
-torch thread (engine/torch_thread.py) while any request is live.
+into queued requests whose outputs land on the caller's event loop, and keeps stepping jobs running on the torch
+thread (engine/torch_thread.py) while any request is live.
 """
 
 from __future__ import annotations
