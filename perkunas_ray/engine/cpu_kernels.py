@@ -1,6 +1,6 @@
 """The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm, a few decodes' whole
-decoder blocks in one call and their projection for a few rows (weights packed into 16-column panels), built on
-first use.
+decoder blocks in one call, and the projection every fp32 linear of a step takes (weights packed into 16-column
+panels), built on first use.
 
 PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
 keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later

@@ -3,8 +3,8 @@
 At serving batch sizes on CPU a step is mostly per-op dispatch: the speed preset ran ~230 top-level aten ops
 a decode step. Here each RMSNorm is one fused op instead of eight, RoPE reads a cached cos/sin table (one
 lookup per step instead of recomputing the frequencies) and rotates with one roll instead of chunk/neg/cat,
-and the linears skip nn.Module dispatch (on CPU: oneDNN's packed weights, or a single row in row blocks across
-the threads; engine/cpu_linear.py). Same operations in the same order as model/layers.py otherwise; the engine's
+and the linears skip nn.Module dispatch (on CPU: the C++ panels where they are built, else oneDNN's packed
+weights or a single row in row blocks across the threads; engine/cpu_linear.py). Same operations in the same order as model/layers.py otherwise; the engine's
 greedy-equals-transformers and equals-reference tests hold it to that.
 
 A step of only a few decodes (fp32 on CPU, the C++ kernels built) goes further: `decodes` runs every block in one
