@@ -4,7 +4,7 @@ long shared system prompts, Ray Serve LLM's router as a third contender), is in 
 holds the CLI and the `prefix` workload, where a one-replica run is the prefix-hit baseline.
 
 Each configuration is deployed in turn on the same Ray/Serve with the same model and fresh KV caches, then
-driven by asyncio + httpx (N concurrent streams). Two workloads: prefix repetition (P shared prefixes, each
+driven by asyncio + aiohttp (N concurrent streams). Two workloads: prefix repetition (P shared prefixes, each
 asked R times with different endings, interleaved) and random (no shared prefixes). Reported: TTFT, TPOT
 and ITL p50/p99, throughput, and the aggregate prefix-hit rate (usage.prompt_tokens_details.cached_tokens /
 prompt tokens). Goal: with 2 replicas, our hit rate >= 0.9x the single replica's.
@@ -13,7 +13,6 @@ prompt tokens). Goal: with 2 replicas, our hit rate >= 0.9x the single replica's
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import tempfile
@@ -99,8 +98,8 @@ def run_configuration(url: str, registry: Registry, workloads: dict[str, list[st
     launch.deploy(registry, api_tokens=f"bench:{TOKEN}")
     try:
         # Warm every replica up (model load, first-call costs) with prompts no workload shares.
-        asyncio.run(drive(url, "bench", [f"warm up {i} {'z' * (7 * i)}" for i in range(8)], 4, 2))
-        return {name: asyncio.run(drive(url, "bench", prompts, concurrency, max_tokens))
+        load.run(drive(url, "bench", [f"warm up {i} {'z' * (7 * i)}" for i in range(8)], 4, 2))
+        return {name: load.run(drive(url, "bench", prompts, concurrency, max_tokens))
                 for name, prompts in workloads.items()}
     finally:
         launch.undeploy()

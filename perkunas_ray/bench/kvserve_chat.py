@@ -43,12 +43,10 @@ async def drive_conversations(url: str, conversations: list[Conversation], concu
     The pause is what a user thinks: without it each conversation would hold one slot of the client, and a
     replica that just finished its turn would be the less loaded one for its next turn: any load-based router
     would look cache-aware."""
-    import httpx
-
     results: list[tuple[int, dict[str, Any]]] = []
     slots = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 2)) as client:
+    async with load.session(concurrency) as client:
         async def user(conversation: Conversation, rng: random.Random) -> None:
             for turn, prompt in enumerate(conversation.turns):
                 if turn and think_s:
@@ -77,8 +75,8 @@ def run_router(url: str, registry: Registry, router: str, conversations: list[Co
     try:
         # Warm every replica up (model load, first-call costs) with prompts no conversation shares.
         warm = [Conversation(-1, [[7 + i] * (16 * (i + 1))]) for i in range(8)]
-        asyncio.run(drive_conversations(url, warm, 4, 2))
-        return asyncio.run(drive_conversations(url, conversations, concurrency, max_tokens, think_s, seed))
+        load.run(drive_conversations(url, warm, 4, 2))
+        return load.run(drive_conversations(url, conversations, concurrency, max_tokens, think_s, seed))
     finally:
         launch.undeploy()
 

@@ -184,8 +184,8 @@ def handle_side(handle: Any) -> Any:
 
 def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODEL, stream: bool = True) -> Any:
     def round_(prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
-        return asyncio.run(load.drive(url, completion_bodies(prompts, new_tokens, model), len(prompts), headers,
-                                      stream=stream))
+        return load.run(load.drive(url, completion_bodies(prompts, new_tokens, model), len(prompts), headers,
+                                   stream=stream))
     return round_
 
 

@@ -121,7 +121,9 @@ class StreamPacer:
     async def pace(self, source: AsyncIterator[OutputDelta]) -> AsyncIterator[OutputDelta]:
         """`source` coalesced at this pacer's interval, counted as one of its streams while it runs."""
         self.num_streams += 1
-        deltas = coalesce(source, self.interval)
+        # Without an interval or a budget every delta goes out as it comes: the source itself, without the task
+        # and queue that coalescing needs (a task switch per delta).
+        deltas = source if self.interval_s <= 0 and self.messages_per_s <= 0 else coalesce(source, self.interval)
         try:
             async for delta in deltas:
                 yield delta

@@ -54,6 +54,8 @@ def test_admission_limits_follow_the_mode() -> None:
     assert (admission.limit, admission.retry_after_s) == (7, 7)
     assert combined_options(reg.models["a"])["max_ongoing_requests"] == 7 + ADMISSION_HEADROOM
     assert combined_options(reg.models["a"])["max_queued_requests"] == -1, "Serve never rejects in plain text"
+    env = combined_options(reg.models["a"])["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}, "the routes run on Serve's own loop"
     reg = _registry(ONE, {"mode": "separate", "max_ongoing_requests": 5, "retry_after_s": 2})
     assert registry_admission(reg).limit == 5
     assert ingress_options(reg.ingress)["max_ongoing_requests"] == 5 + ADMISSION_HEADROOM
