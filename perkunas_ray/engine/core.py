@@ -46,7 +46,10 @@ class EngineCore:
     """Continuous batching over a paged KV cache, on CPU or one GPU; every method is safe from any thread."""
 
     def __init__(self, model: DecoderLM, tokenizer: Any, eos_token_id: int, policy: KVPolicy | None = None, *,
-                 max_model_len: int | None = None, seed: int = 0, name: str = "native") -> None:
+                 max_model_len: int | None = None, seed: int = 0, name: str = "native",
+                 free_model_weights: bool = False) -> None:
+        """free_model_weights: the engine owns `model` (nothing else runs it): the linear weights the C++ kernels
+        hold as panels are freed from the model, so the engine keeps one copy of them, not two (ModelRunner)."""
         self.policy = policy = (policy or KVPolicy()).validate()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -82,7 +85,10 @@ class EngineCore:
         self.kv_store = KVStore(cfg.n_layers, num_blocks, bs, cfg.n_kv_heads, cfg.head_dim, dtype, policy.kv_dtype,
                                 device)
         self.scheduler = Scheduler(policy, self.kv_manager)
-        self.runner = ModelRunner(model, self.kv_store, bs)
+        self.runner = ModelRunner(model, self.kv_store, bs, free_model_weights)
+        if self.runner.freed_bytes:
+            logger.info("engine %s: the linear weights live as kernel panels only (%.1f MB of the model's own copies "
+                        "freed)", name, self.runner.freed_bytes / 2**20)
         self.sampler = Sampler()
         self.output_processor = OutputProcessor(tokenizer, eos_token_id, self.max_model_len,
                                                 bounded_length=not pruning)

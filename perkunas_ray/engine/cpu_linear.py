@@ -4,7 +4,8 @@ rows); otherwise oneDNN's packed weights for several rows and row blocks for one
 The panels (engine/csrc/decode_layers.cpp) against oneDNN's packed weights, the speed preset's shapes, 2 threads,
 median of 30, ms (panels / oneDNN): the (8192, 384) head at 1 row 0.46 / 0.87 from memory, at 16 rows 0.85 / 1.67
 in cache; at 17-512 rows every shape within 0.9-1.1x of oneDNN or faster (the head at 512 rows: 20.4 / 24.3; the down
-projection at 512: 2.4 / 3.3). So a weight with panels keeps no oneDNN copy: one copy beside the model's, not two.
+projection at 512: 2.4 / 3.3). So a weight with panels keeps no oneDNN copy, and an engine that owns its model frees
+the model's copy once packed (DecodeForward's free_model_weights): the panels are then the only copy.
 
 Without the kernels: MKL's `x @ W.T` is slow at serving batch sizes: it runs a few rows on one thread, and two
 rows took longer than sixteen. Two remedies, measured on the speed preset's 15 step weights (2 layers + the (8192, 384) head, ~26 MB,
@@ -70,7 +71,8 @@ class StepLinear:
 
     def __init__(self, weight: torch.Tensor, *, wide: bool = False, kernels: CpuKernels | None = None,
                  panels: torch.Tensor | None = None) -> None:
-        self.weight = weight
+        self.weight: torch.Tensor | None = weight  # None once released: the panels hold it (see release_weight)
+        self.out_features, self.in_features = weight.shape
         self.wide = wide and weight.device.type == "cpu"  # GPUs take either layout at full speed
         self._transposed: torch.Tensor | None = None
         # The C++ panels (fp32 CPU weights), where the kernels are built; oneDNN's packed copy otherwise.
@@ -81,15 +83,30 @@ class StepLinear:
             self.panels = panels if panels is not None else kernels.pack_panels(weight.detach())
         self.packed = onednn_packed(weight) if self.panels is None else None
 
+    def release_weight(self) -> bool:
+        """Let go of the weight where the panels hold all of it (True): the engine's one copy is then the panels,
+        once the module that owns the weight lets go of it too (DecodeForward's free_model_weights)."""
+        if self.panels is None:
+            return False
+        self.weight = None
+        return True
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight (out, in): as given, or read back from the panels once released (the same values)."""
+        if self.weight is not None:
+            return self.weight
+        return self.panels.permute(0, 2, 1).reshape(-1, self.in_features)[:self.out_features]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if self.linear_rows is not None and x.dtype == torch.float32:
-            y = self.linear_rows(x.reshape(rows, x.shape[-1]).contiguous(), self.panels, self.weight.shape[0])
-            return y.view(*x.shape[:-1], self.weight.shape[0])
+            y = self.linear_rows(x.reshape(rows, x.shape[-1]).contiguous(), self.panels, self.out_features)
+            return y.view(*x.shape[:-1], self.out_features)
         if self.packed is not None and rows > 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        if not self.wide or split_parts(self.weight) > 1:
-            return cpu_linear(x, self.weight)
+        weight = self.dense_weight()
+        if not self.wide or split_parts(weight) > 1:
+            return cpu_linear(x, weight)
         if self._transposed is None:
-            self._transposed = self.weight.t().contiguous()
+            self._transposed = weight.t().contiguous()
         return x @ self._transposed

@@ -38,10 +38,24 @@ def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
 LINEAR_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def linear_modules(block: torch.nn.Module) -> list[torch.nn.Linear]:
+    """A decoder block's seven linear layers, in LINEAR_NAMES order."""
+    a, mlp = block.self_attn, block.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
+
 def linear_weights(block: torch.nn.Module) -> list[torch.Tensor]:
     """A decoder block's seven linear weights, in LINEAR_NAMES order."""
-    a, mlp = block.self_attn, block.mlp
-    return [m.weight for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+    return [m.weight for m in linear_modules(block)]
+
+
+def _free_module_weight(module: torch.nn.Linear, step_linear: StepLinear) -> int:
+    """Free `module`'s weight where `step_linear` holds it as panels: the bytes freed (0: kept)."""
+    if not step_linear.release_weight():
+        return 0
+    freed = module.weight.numel() * module.weight.element_size()
+    module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
+    return freed
 
 
 @dataclasses.dataclass
@@ -74,23 +88,37 @@ class BlockLinears:
 class DecodeForward:
     """hidden_states(input_ids, positions, attn) of a DecoderLM, for the engine's flat (1, N) batches."""
 
-    def __init__(self, model: DecoderLM, kernels: CpuKernels | None = None, *, fused_decodes: bool = False) -> None:
+    def __init__(self, model: DecoderLM, kernels: CpuKernels | None = None, *, fused_decodes: bool = False,
+                 free_model_weights: bool = False) -> None:
         """kernels: the C++ CPU kernels (engine/cpu_kernels.py; fp32 CPU only); fused_decodes: whether `decodes` may
-        run the blocks in one call (the KV store holds floats the kernel reads in place)."""
+        run the blocks in one call (the KV store holds floats the kernel reads in place); free_model_weights: this
+        forward owns the model: each linear weight it holds as panels (a full copy) is freed from the model as soon
+        as it is packed, so the engine keeps one copy and its build never holds two of the whole model. The modules
+        keep empty weights (the model's own forward no longer runs); the embedding (a tied head's too) and the
+        norms stay. `freed_bytes`: what that freed."""
         self.model = model
         self.rms_norm_kernel = kernels.rms_norm if kernels is not None else None
         self.cfg = model.config
+        self.dtype = model.head_weight.dtype
+        self.device = model.head_weight.device
         self.blocks = list(model.model.layers.values())
-        self.linears = [BlockLinears.of(block, kernels) for block in self.blocks]
+        self.linears: list[BlockLinears] = []
+        self.freed_bytes = 0
+        for block in self.blocks:
+            self.linears.append(BlockLinears.of(block, kernels))
+            if free_model_weights:
+                lin = self.linears[-1]
+                self.freed_bytes += sum(_free_module_weight(module, getattr(lin, name))
+                                        for module, name in zip(linear_modules(block), LINEAR_NAMES, strict=True))
         self.head = StepLinear(model.head_weight, wide=True, kernels=kernels)
+        if free_model_weights and model.lm_head is not None:
+            self.freed_bytes += _free_module_weight(model.lm_head, self.head)
         self.block_weights = [weight for block, lin in zip(self.blocks, self.linears, strict=True)
                               for weight in lin.kernel_weights(block)]
         kernel_ready = all(w is not None and w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
                            for w in self.block_weights)
         # The C++ blocks of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
         self.decode_layers = kernels.decode_layers if kernels is not None and fused_decodes and kernel_ready else None
-        self.dtype = model.head_weight.dtype
-        self.device = model.head_weight.device
         self.cos = self.sin = torch.empty(0, self.cfg.head_dim)
         self._grow_rope(self.cfg.max_seq_len)
 

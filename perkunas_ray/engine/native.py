@@ -40,9 +40,9 @@ class NativeEngine:
 
     def __init__(self, model: DecoderLM, tokenizer: Any, eos_token_id: int, policy: KVPolicy | None = None, *,
                  max_model_len: int | None = None, seed: int = 0, chat_template: str = "",
-                 name: str = "native") -> None:
+                 name: str = "native", free_model_weights: bool = False) -> None:
         self.core = EngineCore(model, tokenizer, eos_token_id, policy, max_model_len=max_model_len, seed=seed,
-                               name=name)
+                               name=name, free_model_weights=free_model_weights)
         self.model = self.core.model
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
@@ -57,10 +57,12 @@ class NativeEngine:
     @classmethod
     def from_path(cls, path: str | Path, policy: KVPolicy | None = None, device: str = "cpu", dtype: str = "fp32",
                   **kwargs: Any) -> NativeEngine:
-        """Load a training run dir or a Hugging Face package dir (weights, tokenizer, EOS, chat template)."""
+        """Load a training run dir or a Hugging Face package dir (weights, tokenizer, EOS, chat template). The
+        engine owns the model it loads (`free_model_weights`, unless kwargs say otherwise)."""
         from perkunas_ray.model_source import load_inference_model
 
         loaded = load_inference_model(path, device, dtype)
+        kwargs.setdefault("free_model_weights", True)
         return cls(loaded.model, loaded.tokenizer, loaded.eos_token_id, policy, chat_template=loaded.chat_template,
                    name=loaded.name, **kwargs)
 

@@ -53,7 +53,9 @@ class ModelRunner:
     """Runs a step's flat batch through DecodeForward (the DecoderLM's weights and math, leaner; the C++ blocks for
     a few decodes) with a paged-attention backend."""
 
-    def __init__(self, model: DecoderLM, kv_store: KVStore, block_size: int) -> None:
+    def __init__(self, model: DecoderLM, kv_store: KVStore, block_size: int, free_model_weights: bool = False) -> None:
+        """free_model_weights: the runner owns the model: the linear weights the forward holds as panels are freed
+        from it (see DecodeForward)."""
         self.model = model
         self.cfg = model.config
         self.kv_store = kv_store
@@ -61,7 +63,9 @@ class ModelRunner:
         self.device = model.head_weight.device
         kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
         self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
-        self.forward = DecodeForward(model, kernels, fused_decodes=self.decode_kernel is not None)
+        self.forward = DecodeForward(model, kernels, fused_decodes=self.decode_kernel is not None,
+                                     free_model_weights=free_model_weights)
+        self.freed_bytes = self.forward.freed_bytes
         self.inputs = StepInputBuilder(block_size, self.device, self.cfg.attn_softcap,
                                        in_place_decodes=self.decode_kernel is not None)
 

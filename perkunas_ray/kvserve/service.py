@@ -62,7 +62,7 @@ def build_engine(spec: ModelSpec, step: int | None = None) -> tuple[Engine, int 
     from perkunas_ray.engine.native import NativeEngine
     from perkunas_ray.model_source import load_inference_model
 
-    kwargs: dict[str, Any] = {"seed": spec.seed}
+    kwargs: dict[str, Any] = {"seed": spec.seed, "free_model_weights": True}  # the replica's model is the engine's
     if spec.max_model_len:
         kwargs["max_model_len"] = spec.max_model_len
     loaded = load_inference_model(spec.source, spec.device, spec.dtype, step=step)
