@@ -49,7 +49,7 @@ async def _with_server(scenario):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     try:
         return await scenario(f"http://127.0.0.1:{port}")
     finally:
