@@ -89,7 +89,7 @@ class EngineCore:
         if self.runner.freed_bytes:
             logger.info("engine %s: the linear weights live as kernel panels only (%.1f MB of the model's own copies "
                         "freed)", name, self.runner.freed_bytes / 2**20)
-        self.sampler = Sampler()
+        self.sampler = Sampler(self.runner.argmax_rows)
         self.output_processor = OutputProcessor(tokenizer, eos_token_id, self.max_model_len,
                                                 bounded_length=not pruning)
         self.device = device

@@ -1,6 +1,6 @@
 """The engine's C++ CPU kernels (csrc/): decode attention over the paged KV store, RMSNorm, a few decodes' whole
-decoder blocks in one call, and the projection every fp32 linear of a step takes (weights packed into 16-column
-panels), built on first use.
+forward up to the head in one call, the projection every fp32 linear of a step takes (weights packed into 16-column
+panels) and greedy sampling's argmax, built on first use.
 
 PyTorch compiles them with the machine's C++ compiler the first time a process asks (about 30 s on 2 cores) and
 keeps the build in its extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so later
@@ -29,13 +29,15 @@ SOURCES = sorted(CSRC.glob("*.cpp"))  # one C++ unit; csrc/cpu_kernels.h declare
 #   -> (B, H, hd), all fp32 but the int64 table and lengths
 DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 RMSNormKernel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (..., D), weight (D,), eps), fp32
-# (x (B, D), 11 weights per block (the 7 linears as panels), key pools, value pools, cos, sin (B, hd), slots (B,),
-#  block_table (B, K), lengths (B,), heads, eps) -> the residual stream after the blocks (B, D); csrc/decode_layers.cpp
-#  says more
+# (ids (B,), embedding (V, D), positions (B,), cos, sin tables (P, hd), 11 weights per block (the 7 linears as
+#  panels), key pools, value pools, slots (B,), block_table (B, K), lengths (B,), heads, eps, final norm (D,))
+#  -> the final-normed hidden states (B, D); csrc/decode_layers.cpp says more
 LinearRows = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x (M, n), panels, out) -> x @ weight.T
 PackPanels = Callable[[torch.Tensor], torch.Tensor]  # weight (out, n) fp32 -> panels (ceil(out / 16), n, 16)
-DecodeLayers = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor,
-                         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
+DecodeLayers = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
+                         list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, int, float,
+                         torch.Tensor], torch.Tensor]
+ArgmaxRows = Callable[[torch.Tensor], list[int]]  # logits (S, V) fp32 -> each row's argmax, NaN counted as -inf
 
 
 def csrc_digest() -> str:
@@ -53,6 +55,7 @@ class CpuKernels(NamedTuple):
     decode_layers: DecodeLayers
     linear_rows: LinearRows
     pack_panels: PackPanels
+    argmax_rows: ArgmaxRows
 
 
 @functools.cache

@@ -100,6 +100,8 @@ class StepLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if self.linear_rows is not None and x.dtype == torch.float32:
+            if x.dim() == 2 and x.is_contiguous():  # the head's rows: no reshapes, each a tensor call
+                return self.linear_rows(x, self.panels, self.out_features)
             y = self.linear_rows(x.reshape(rows, x.shape[-1]).contiguous(), self.panels, self.out_features)
             return y.view(*x.shape[:-1], self.out_features)
         if self.packed is not None and rows > 1:

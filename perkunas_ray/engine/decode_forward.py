@@ -116,8 +116,8 @@ class DecodeForward:
         self.block_weights = [weight for block, lin in zip(self.blocks, self.linears, strict=True)
                               for weight in lin.kernel_weights(block)]
         kernel_ready = all(w is not None and w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
-                           for w in self.block_weights)
-        # The C++ blocks of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
+                           for w in [*self.block_weights, model.model.embed_tokens.weight, model.model.norm.weight])
+        # The C++ forward of a decodes-only step (fp32 CPU weights as it reads them, over a float KV store).
         self.decode_layers = kernels.decode_layers if kernels is not None and fused_decodes and kernel_ready else None
         self.cos = self.sin = torch.empty(0, self.cfg.head_dim)
         self._grow_rope(self.cfg.max_seq_len)
@@ -150,12 +150,12 @@ class DecodeForward:
         assert self.decode_layers is not None and len(step.groups) == 1
         group = step.groups[0]
         assert group.decode_lengths is not None
-        cos, sin = self._rope_rows(step.positions[0], step.max_position)
-        x = F.embedding(step.input_ids[0], self.model.model.embed_tokens.weight)  # (B, D)
-        x = self.decode_layers(x, self.block_weights, kv_store.keys, kv_store.values, cos, sin, step.slots,
-                               group.block_table.contiguous(), group.decode_lengths, self.cfg.n_heads,
-                               self.cfg.norm_eps)
-        return self._norm(x, self.model.model.norm)
+        if step.max_position >= self.cos.shape[0]:  # sink+window pruning lets positions outgrow max_seq_len
+            self._grow_rope(2 * (step.max_position + 1))
+        return self.decode_layers(step.input_ids[0], self.model.model.embed_tokens.weight, step.positions[0],
+                                  self.cos, self.sin, self.block_weights, kv_store.keys, kv_store.values, step.slots,
+                                  group.block_table.contiguous(), group.decode_lengths, self.cfg.n_heads,
+                                  self.cfg.norm_eps, self.model.model.norm.weight)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, max_position: int,
                  attn: AttentionBackend) -> torch.Tensor:

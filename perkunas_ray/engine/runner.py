@@ -62,6 +62,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = model.head_weight.device
         kernels = cpu_kernels() if self.device.type == "cpu" and kv_store.dtype == torch.float32 else None
+        self.argmax_rows = kernels.argmax_rows if kernels is not None else None  # for the sampler's greedy rows
         self.decode_kernel = kernels.paged_decode_attention if kernels is not None and not kv_store.quantized else None
         self.forward = DecodeForward(model, kernels, fused_decodes=self.decode_kernel is not None,
                                      free_model_weights=free_model_weights)
@@ -71,7 +72,8 @@ class ModelRunner:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (R, D) -> logits (R, V) in fp32."""
-        return self.forward.head(hidden).float()
+        logits = self.forward.head(hidden)
+        return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> RunnerOutput:

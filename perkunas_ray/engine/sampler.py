@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 
+from perkunas_ray.engine.cpu_kernels import ArgmaxRows
 from perkunas_ray.engine.interface import SamplingParams
 from perkunas_ray.engine.logprobs import logprob_entries
 from perkunas_ray.engine.request import Request
@@ -68,12 +69,22 @@ def is_plain_greedy(params: SamplingParams) -> bool:
 
 
 class Sampler:
-    @torch.inference_mode()
+    def __init__(self, argmax_rows: ArgmaxRows | None = None) -> None:
+        """argmax_rows: the C++ kernel (engine/cpu_kernels.py) that greedy batches of CPU fp32 logits take."""
+        self.argmax_rows = argmax_rows
+
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         """logits (S, V) fp32, one row per request in `requests` order. A row that fails is reported in
         `errors` and the others are still sampled: one request's trouble stays its own."""
-        if all(is_plain_greedy(r.params) for r in requests):
-            return SamplerOutput(greedy(logits).tolist(), [None] * len(requests))  # one argmax for the batch
+        if all(is_plain_greedy(r.params) for r in requests):  # one argmax for the batch
+            if (self.argmax_rows is not None and logits.device.type == "cpu" and logits.dtype == torch.float32
+                    and logits.is_contiguous()):
+                return SamplerOutput(self.argmax_rows(logits), [None] * len(requests))
+            return SamplerOutput(greedy(logits).tolist(), [None] * len(requests))
+        return self._sample(logits, requests)
+
+    @torch.inference_mode()
+    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         token_ids: list[int] = [0] * len(requests)
         errors: dict[int, Exception] = {}
         greedy_rows: list[int] = []

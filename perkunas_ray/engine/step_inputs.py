@@ -54,7 +54,9 @@ class StepInputBuilder:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """A torch view of a buffer slice (copied to the device off CPU). Valid until the next build."""
-        return torch.from_numpy(array).to(self.device)
+        tensor = torch.from_numpy(array)
+        # On CPU, no `.to`: each tensor call is a few microseconds of a one-decode step, and releases the GIL.
+        return tensor if self.device.type == "cpu" else tensor.to(self.device)
 
     def build(self, items: list[ScheduledRequest]) -> StepInputs:
         """`items` in row order: every decode first, then the prefill chunks."""
@@ -93,7 +95,7 @@ class StepInputBuilder:
         for index in range(num_decodes, len(items)):
             groups.append(self._group(items[index:index + 1], index, first_rows[index], positions))
         max_position = max(item.num_computed_tokens + item.num_new_tokens for item in items) - 1
-        return StepInputs(self._tensor(ids[:num_tokens])[None], self._tensor(positions[:num_tokens])[None],
+        return StepInputs(self._tensor(ids[None, :num_tokens]), self._tensor(positions[None, :num_tokens]),
                           self._tensor(slots[:num_tokens]), max_position, groups, first_rows, last_rows)
 
     def _group(self, items: list[ScheduledRequest], first_item: int, start: int,

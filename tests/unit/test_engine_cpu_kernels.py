@@ -23,6 +23,7 @@ from perkunas_ray.engine.native import NativeEngine
 from perkunas_ray.engine.paged_attention import PagedAttention
 from perkunas_ray.engine.request import Request
 from perkunas_ray.engine.runner import FUSED_DECODE_ROWS
+from perkunas_ray.engine.sampler import Sampler, greedy
 from perkunas_ray.engine.scheduler import ScheduledRequest
 from perkunas_ray.engine.step_inputs import StepInputBuilder
 from perkunas_ray.engine.toy import toy_tokenizer
@@ -197,6 +198,14 @@ def test_decode_layers_refuse_bad_slots_and_weights() -> None:
         with pytest.raises(RuntimeError, match=r"slots\[0\] = 32 outside \[0, 32\)"):
             forward.decodes(step, store)
         step.slots[0] = 5
+        step.input_ids[0, 0] = cfg.vocab_size
+        with pytest.raises(RuntimeError, match=rf"ids\[0\] = {cfg.vocab_size} outside \[0, {cfg.vocab_size}\)"):
+            forward.decodes(step, store)
+        step.input_ids[0, 0] = 1
+        step.positions[0, 0] = 10_000  # past the RoPE table, and past what step.max_position says
+        with pytest.raises(RuntimeError, match=r"positions\[0\] = 10000 outside the RoPE table's \[0, \d+\)"):
+            forward.decodes(step, store)
+        step.positions[0, 0] = 5
         forward.block_weights[11 + 8] = forward.block_weights[11 + 8][:, :-1]
         with pytest.raises(RuntimeError, match=r"layer 1 gate panels must be a contiguous fp32 tensor of shape "
                                                r"\[3, 32, 16\]"):
@@ -274,3 +283,22 @@ def test_linear_rows_equal_f_linear_and_serve_few_rows(threads: int) -> None:
     with pytest.raises(RuntimeError, match=r"x must be a contiguous \(M, n\) fp32 tensor"):
         kernels.linear_rows(torch.randn(5, 2).t(), kernels.pack_panels(torch.randn(8, 5)), 8)
     assert StepLinear(torch.randn(8, 5).bfloat16(), kernels=kernels).panels is None  # fp32 only
+
+
+@needs_kernels
+def test_argmax_rows_pick_what_greedy_picks() -> None:
+    """The first largest value of each row, NaN counted as -inf (a row with nothing else: 0), as sampler.greedy; the
+    sampler takes the kernel for greedy batches of fp32 rows and keeps torch's path for others."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[0.0, nan, 3.0, 1.0], [1.0, 2.0, 2.0, nan], [nan, nan, nan, nan], [-inf, -inf, -inf, -inf],
+                           [-inf, nan, -5.0, inf], [4.0, 4.0, 1.0, 4.0]])
+    assert kernels.argmax_rows(logits) == greedy(logits).tolist() == [2, 1, 0, 0, 3, 0]
+    wide = torch.randn(5, 8192, generator=torch.Generator().manual_seed(0))
+    assert kernels.argmax_rows(wide) == wide.argmax(-1).tolist()
+    with pytest.raises(RuntimeError, match=r"logits must be a contiguous \(S, V\) fp32 tensor"):
+        kernels.argmax_rows(wide.t())
+    requests = [Request(f"r{i}", [1, 2], SamplingParams(temperature=0)) for i in range(wide.shape[0])]
+    calls: list[torch.Tensor] = []
+    sampler = Sampler(lambda rows: calls.append(rows) or kernels.argmax_rows(rows))
+    assert sampler(wide, requests).token_ids == wide.argmax(-1).tolist() and len(calls) == 1
+    assert sampler(wide.double(), requests).token_ids == wide.argmax(-1).tolist() and len(calls) == 1

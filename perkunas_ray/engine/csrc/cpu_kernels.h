@@ -38,11 +38,14 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
-torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
-                            const std::vector<torch::Tensor>& k_pools, const std::vector<torch::Tensor>& v_pools,
-                            const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& slots,
-                            const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads,
-                            double eps);
+torch::Tensor decode_layers(const torch::Tensor& ids, const torch::Tensor& embedding, const torch::Tensor& positions,
+                            const torch::Tensor& cos, const torch::Tensor& sin,
+                            const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& k_pools,
+                            const std::vector<torch::Tensor>& v_pools, const torch::Tensor& slots,
+                            const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads, double eps,
+                            const torch::Tensor& final_norm);
+
+std::vector<int64_t> argmax_rows(const torch::Tensor& logits);
 
 torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& panels, int64_t out);
 

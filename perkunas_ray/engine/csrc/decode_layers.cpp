@@ -1,5 +1,5 @@
-// A decode step's decoder blocks for a few fp32 CPU sequences, in one call (calls rms_norm.cpp's and
-// paged_decode_attention.cpp's row helpers, declared in cpu_kernels.h).
+// A decode step for a few fp32 CPU sequences, token ids to final-normed hidden states, in one call (calls
+// rms_norm.cpp's and paged_decode_attention.cpp's row helpers, declared in cpu_kernels.h).
 //
 // Why by hand: at one or a few decodes a step's cost is dispatch, not arithmetic. The eager forward
 // (decode_forward.py) runs ~25 tensor ops per block from Python (norms, three projections and their views,
@@ -9,10 +9,15 @@
 // work between them (norms, RoPE, KV writes, SiLU) done in place on a few rows. PyTorch has no fused CPU decode
 // block; inductor would need a compile per shape and still calls the projections one by one.
 //
-// Same math, in the same order, as the eager path: RMSNorm, q/k/v projections, optional per-head q/k RMSNorm,
+// The embedding rows, the RoPE rows at each position and the final RMSNorm are done here too: as tensor ops from
+// Python they were five more calls a step (two index_selects, the embedding, the norm), each 10-40 us in a step whose
+// kernels have just streamed the weights through the cache, and each a point where a serving replica's event loop
+// could take the GIL and make the step wait for its SSE work.
+//
+// Same math, in the same order, as the eager path: the embedding row, then per block RMSNorm, q/k/v projections, optional per-head q/k RMSNorm,
 // RoPE (x * cos + roll(x, hd / 2) * sin, sin's first half negated), keys/values written to their slots, attention
 // over each sequence's first `lengths[b]` slots, o projection added to the residual, RMSNorm, SiLU(gate) * up,
-// down projection added. Only the summation order differs (float rounding).
+// down projection added; last the final RMSNorm. Only the summation order differs (float rounding).
 
 #include <torch/extension.h>
 
@@ -22,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -143,18 +149,23 @@ const float* floats(const torch::Tensor& t, const char* name, int64_t layer, std
 
 }  // namespace
 
-// x (B, D): the step's B decode tokens' embeddings -> the residual stream after every block, (B, D).
+// ids, positions (B,): the step's B decode tokens and their positions -> the final-normed hidden states (B, D).
+// embedding (V, D); cos/sin (P, hd): the RoPE tables (sin's first half negated), P > every position;
 // weights: kWeightsPerBlock per block (q/k norms: empty tensors without qk-norm); k_pools/v_pools: each block's
-// (num_blocks, block_size, H_kv, hd) KV; cos/sin (B, hd) at each token's position; slots (B,) where its KV goes;
-// block_table (B, K) and lengths (B,) as paged_decode_attention reads them.
-torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
-                            const std::vector<torch::Tensor>& k_pools, const std::vector<torch::Tensor>& v_pools,
-                            const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& slots,
-                            const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads,
-                            double eps) {
+// (num_blocks, block_size, H_kv, hd) KV; slots (B,) where each token's KV goes; block_table (B, K) and lengths (B,)
+// as paged_decode_attention reads them; final_norm (D,).
+torch::Tensor decode_layers(const torch::Tensor& ids, const torch::Tensor& embedding, const torch::Tensor& positions,
+                            const torch::Tensor& cos, const torch::Tensor& sin,
+                            const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& k_pools,
+                            const std::vector<torch::Tensor>& v_pools, const torch::Tensor& slots,
+                            const torch::Tensor& block_table, const torch::Tensor& lengths, int64_t heads, double eps,
+                            const torch::Tensor& final_norm) {
   const NoGil no_gil;
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be a (B, D) fp32 tensor");
-  const int64_t batch = x.size(0), model_dim = x.size(1);
+  TORCH_CHECK(embedding.dim() == 2 && embedding.scalar_type() == torch::kFloat32 && embedding.is_contiguous(),
+              "embedding must be a contiguous (V, D) fp32 tensor, got ", embedding.sizes(), " ",
+              embedding.scalar_type());
+  TORCH_CHECK(ids.dim() == 1, "ids must be a (B,) int64 tensor, got ", ids.sizes());
+  const int64_t batch = ids.size(0), model_dim = embedding.size(1), vocab = embedding.size(0);
   const int64_t layers = static_cast<int64_t>(k_pools.size());
   TORCH_CHECK(layers >= 1 && static_cast<int64_t>(v_pools.size()) == layers &&
                   static_cast<int64_t>(weights.size()) == layers * kWeightsPerBlock,
@@ -172,12 +183,24 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
   TORCH_CHECK(block_table.dim() == 2 && block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous() &&
                   block_table.size(0) == batch,
               "block_table must be a contiguous (", batch, ", K) int64 tensor, got ", block_table.sizes());
-  for (const auto* t : {&lengths, &slots}) {
+  for (const auto* t : {&ids, &positions, &lengths, &slots}) {
     TORCH_CHECK(t->dim() == 1 && t->scalar_type() == torch::kInt64 && t->is_contiguous() && t->size(0) == batch,
-                "lengths and slots must be contiguous (", batch, ",) int64 tensors, got ", t->sizes());
+                "ids, positions, lengths and slots must be contiguous (", batch, ",) int64 tensors, got ",
+                t->sizes());
   }
-  const float* cos_rows = floats(cos, "cos", -1, {batch, dim});
-  const float* sin_rows = floats(sin, "sin", -1, {batch, dim});
+  TORCH_CHECK(cos.dim() == 2 && cos.size(1) == dim, "cos must be a (P, ", dim, ") table, got ", cos.sizes());
+  const int64_t table_rows = cos.size(0);
+  const float* cos_table = floats(cos, "cos", -1, {table_rows, dim});
+  const float* sin_table = floats(sin, "sin", -1, {table_rows, dim});
+  const float* final_weight = floats(final_norm, "final norm", -1, {model_dim});
+  const int64_t* token_ids = ids.data_ptr<int64_t>();
+  const int64_t* token_positions = positions.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(token_ids[b] >= 0 && token_ids[b] < vocab, "ids[", b, "] = ", token_ids[b], " outside [0, ", vocab,
+                ")");
+    TORCH_CHECK(token_positions[b] >= 0 && token_positions[b] < table_rows, "positions[", b, "] = ",
+                token_positions[b], " outside the RoPE table's [0, ", table_rows, ")");
+  }
   const int64_t* table = block_table.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
   const int64_t* slot_ids = slots.data_ptr<int64_t>();
@@ -189,8 +212,12 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
   }
   const float eps_f = static_cast<float>(eps), scale = 1.f / std::sqrt(static_cast<float>(dim));
 
-  auto residual = x.contiguous().clone();
+  auto residual = torch::empty({batch, model_dim}, embedding.options());
   float* xs = residual.data_ptr<float>();
+  const float* rows = embedding.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    std::copy(rows + token_ids[b] * model_dim, rows + (token_ids[b] + 1) * model_dim, xs + b * model_dim);
+  }
   std::vector<float> normed(batch * std::max(model_dim, ffn)), qkv(batch * (q_width + 2 * kv_width));
   std::vector<float> queries(batch * q_width), attended(batch * q_width), gate_up(batch * 2 * ffn);
   const int64_t qkv_width = q_width + 2 * kv_width;
@@ -227,8 +254,8 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
         rms_norm_rows(q, q_norm, q, heads, dim, eps_f);
         rms_norm_rows(k, k_norm, k, kv_heads, dim, eps_f);
       }
-      const float* c = cos_rows + b * dim;
-      const float* s = sin_rows + b * dim;
+      const float* c = cos_table + token_positions[b] * dim;
+      const float* s = sin_table + token_positions[b] * dim;
       rope_heads(q, c, s, queries.data() + b * q_width, heads, dim);
       rope_heads(k, c, s, keys + slot_ids[b] * kv_width, kv_heads, dim);
       std::copy(v, v + kv_width, values + slot_ids[b] * kv_width);
@@ -245,7 +272,29 @@ torch::Tensor decode_layers(const torch::Tensor& x, const std::vector<torch::Ten
     }
     project({{wd, model_dim, 0}}, normed.data(), batch, ffn, xs, model_dim, true);
   }
+  rms_norm_rows(xs, final_weight, xs, batch, model_dim, eps_f);
   return residual;
+}
+
+// The first index of each row's largest value, NaN counted as -inf (a row of NaN and -inf: 0): greedy sampling's
+// argmax in one call where torch took five (argmax, gather, isnan, any, and the NaN row's fallback check).
+std::vector<int64_t> argmax_rows(const torch::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == torch::kFloat32 && logits.is_contiguous(),
+              "logits must be a contiguous (S, V) fp32 tensor, got ", logits.sizes(), " ", logits.scalar_type());
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  const float* values = logits.data_ptr<float>();
+  std::vector<int64_t> best(rows, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = values + r * vocab;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t v = 0; v < vocab; ++v) {
+      if (row[v] > top) {  // false for NaN
+        top = row[v];
+        best[r] = v;
+      }
+    }
+  }
+  return best;
 }
 
 // x (M, n) @ weight.T for a few rows, fp32 on CPU, the weight as pack_panels made it (`out` its rows): the blocks'
