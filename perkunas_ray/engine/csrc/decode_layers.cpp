@@ -10,12 +10,13 @@
 // block; inductor would need a compile per shape and still calls the projections one by one.
 //
 // The embedding rows, the RoPE rows at each position and the final RMSNorm are done here too: as tensor ops from
-// Python they were five more calls a step (two index_selects, the embedding, the norm), each 10-40 us in a step whose
+// Python they were four more calls a step (two index_selects, the embedding, the norm), each 10-40 us in a step whose
 // kernels have just streamed the weights through the cache, and each a point where a serving replica's event loop
 // could take the GIL and make the step wait for its SSE work.
 //
-// Same math, in the same order, as the eager path: the embedding row, then per block RMSNorm, q/k/v projections, optional per-head q/k RMSNorm,
-// RoPE (x * cos + roll(x, hd / 2) * sin, sin's first half negated), keys/values written to their slots, attention
+// Same math, in the same order, as the eager path: the embedding row, then per block RMSNorm, q/k/v projections,
+// optional per-head q/k RMSNorm, RoPE (x * cos + roll(x, hd / 2) * sin, sin's first half negated), keys/values
+// written to their slots, attention
 // over each sequence's first `lengths[b]` slots, o projection added to the residual, RMSNorm, SiLU(gate) * up,
 // down projection added; last the final RMSNorm. Only the summation order differs (float rounding).
 
@@ -277,7 +278,7 @@ torch::Tensor decode_layers(const torch::Tensor& ids, const torch::Tensor& embed
 }
 
 // The first index of each row's largest value, NaN counted as -inf (a row of NaN and -inf: 0): greedy sampling's
-// argmax in one call where torch took five (argmax, gather, isnan, any, and the NaN row's fallback check).
+// argmax in one call, where sampler.greedy makes six tensor calls (argmax, unsqueeze, gather, isnan, any, tolist).
 std::vector<int64_t> argmax_rows(const torch::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == torch::kFloat32 && logits.is_contiguous(),
               "logits must be a contiguous (S, V) fp32 tensor, got ", logits.sizes(), " ", logits.scalar_type());
