@@ -23,6 +23,10 @@ APP_NAME = "kvserve"
 # the engine). A cluster started with `ray start` takes them from that command's environment; with cores to spare,
 # Serve's defaults cost nothing measurable.
 QUIET_SERVE = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+# Serve's controller kills a proxy that has not answered its readiness check 5 s after it was created, and then
+# serve.start fails ("killed by ray.kill"): on 2 cores busy with training, a proxy's worker took longer than that
+# to start and import Serve. 30 s stays inside serve.start's own 60 s wait for the proxy.
+PATIENT_SERVE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,8 +44,16 @@ def direct_ingress_environment(port: int) -> dict[str, str]:
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
+def local_ray_environment() -> dict[str, str]:
+    """What the processes of a Ray started here for serving need in their environment (the caller's own
+    settings win). Ray starts its workers at a niceness 15 above the driver's; here the replicas, the ingress and
+    the proxy are the server, and that far down any other load on the machine starves them."""
+    env = {"RAY_worker_niceness": "0", **QUIET_SERVE, **PATIENT_SERVE}
+    return {name: os.environ.get(name, value) for name, value in env.items()}
+
+
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     """`values` in os.environ while Ray starts its processes (they inherit it), then as it was."""
     before = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -69,10 +81,7 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
     `direct_ingress`: the one ingress replica listens on host:port itself and Serve's proxy on a free port (see
     `direct_ingress_environment`); it needs the local Ray started here. Returns the URL of Serve's proxy."""
     if not ray.is_initialized():
-        # Ray starts its workers at a niceness 15 above the driver's; here the replicas, the ingress and the proxy
-        # are the server, and that far down any other load on the machine starves them (unless the caller chose).
-        env = {"RAY_worker_niceness": "0", **QUIET_SERVE}
-        env = {name: os.environ.get(name, value) for name, value in env.items()}  # the caller's choice wins
+        env = local_ray_environment()
         extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
         address = os.environ.get("RAY_ADDRESS", "")
         if joins_cluster():
@@ -83,7 +92,7 @@ def start_local(host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None 
         else:
             if direct_ingress:
                 env.update(direct_ingress_environment(port))
-            with _environment(env):
+            with environment(env):
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
                          log_to_driver=False, **extra)
     elif direct_ingress:

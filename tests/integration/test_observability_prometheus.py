@@ -91,6 +91,8 @@ def serving_traffic(base: str) -> list[int]:
 def ray_session():
     import ray
 
+    from deployments import launch
+
     if ray.is_initialized():  # left over by an earlier test module: we need our own, with the dashboard
         from ray import serve
 
@@ -98,8 +100,11 @@ def ray_session():
         ray.shutdown()
     # A private temp dir: our own service-discovery file even when other Ray clusters run on the machine.
     temp_dir = tempfile.mkdtemp(prefix="pkobs-", dir="/tmp")
-    ctx = ray.init(num_cpus=2, include_dashboard=True, _metrics_export_port=free_port(), _temp_dir=temp_dir,
-                   log_to_driver=False)
+    # As `perkunas serve` starts its own Ray: training runs beside Serve here, and with Ray's defaults the proxy
+    # started too slowly for Serve's readiness check (CI, stop 35).
+    with launch.environment(launch.local_ray_environment()):
+        ctx = ray.init(num_cpus=2, include_dashboard=True, _metrics_export_port=free_port(), _temp_dir=temp_dir,
+                       log_to_driver=False)
     yield RaySession(Path(ctx.address_info["session_dir"]), ctx.address_info["gcs_address"])
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
