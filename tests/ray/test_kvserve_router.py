@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,33 @@ def serve_url(tmp_path_factory):
         yield f"http://127.0.0.1:{port}", run, root
     finally:
         launch.shutdown()
+
+
+def _environ(pattern: str) -> dict[str, str]:
+    """The environment of the one process whose command line contains `pattern` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and pattern in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode(
+                    errors="replace").split("\0") if "=" in item))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    assert len(found) == 1, f"{len(found)} processes match {pattern!r}"
+    return found[0]
+
+
+def test_the_local_ray_gets_the_serving_environment(serve_url) -> None:
+    """start_local's Ray runs Serve's controller and Ray's log monitor with the quieter timers and the patient proxy
+    check (deployments/launch.py)."""
+    from deployments import launch
+
+    expected = launch.local_ray_environment()
+    assert {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD",
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"} <= set(expected)
+    for process in ("ServeController", "log_monitor.py"):
+        environ = _environ(process)
+        assert {name: environ.get(name) for name in expected} == expected, process
 
 
 def test_kv_router_beats_default_on_prefix_hits(serve_url) -> None:
