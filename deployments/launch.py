@@ -23,11 +23,11 @@ APP_NAME = "kvserve"
 # the engine). A cluster started with `ray start` takes them from that command's environment; with cores to spare,
 # Serve's defaults cost nothing measurable.
 QUIET_SERVE = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
-# Ray's log monitor re-lists the session's log directory ten times a second while it holds under 1,000 files; at 0
-# files it does so every 5 s (LOG_NAME_UPDATE_INTERVAL_S) and still forwards new lines within 0.1 s: idle, it then
-# took 0.67% of a core instead of 1.40 (two runs each). Its other timers (Ray's 100-a-second signal check in every
-# worker's main thread, the raylet's and GCS's gRPC polling) have no setting; slowing the raylet's resource report,
-# GC check and memory monitor to 1 s cut nothing measurable.
+# Ray's log monitor re-lists the session's log directory ten times a second while it holds under 1,000 files; with
+# that threshold at 0 it does so every 5 s (LOG_NAME_UPDATE_INTERVAL_S) and still forwards new lines within 0.1 s:
+# idle, it then took 0.67% of a core instead of 1.40 (two runs each). Ray's other wake-ups (the 100-a-second signal
+# check in every worker's main thread, the raylet's and GCS's gRPC polling) have no setting; slowing the raylet's
+# resource report, GC check and memory monitor to 1 s cut nothing measurable.
 QUIET_RAY = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_INTERVAL_S": "5"}
 # Serve's controller kills a proxy that has not answered its readiness check 5 s after it was created, and then
 # serve.start fails ("killed by ray.kill"): on 2 cores busy with training, a proxy's worker took longer than that
