@@ -10,7 +10,7 @@ Sides, run in two phases:
     engine            the engine in this process (`NativeEngine.stream`, as a replica drives it)
     llama.cpp         `llama-server -np N -t THREADS` on our f32 GGUF export, streamed (one SSE event a token)
     llama.cpp-whole   the same, not streamed
-  beside the Serve cluster (`perkunas serve`'s app: one model on one replica runs the routes in the engine
+  beside the Serve cluster (a fresh one per --repeats; `perkunas serve`'s app: one model on one replica runs the routes in the engine
   replica, `ingress.mode: combined`)
     engine            the engine in this process again: "Ray tax" is its tok/s alone over here
     http              `perkunas serve` over HTTP, streamed (its registry's chunking: one event per engine step)
@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-tokens", type=int, default=25)
     p.add_argument("--new-tokens", type=int, default=128, help="output tokens per request (EOS ignored)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per stream count (median)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the two phases (alone, then beside a fresh Serve cluster) this many times in turn; a "
+                   "ratio across phases is the median of its repeats' (this machine's speed drifts over minutes)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the engine (in-process and replica) "
                    "and of llama-server")
     p.add_argument("--replica-threads", type=int, default=None,
@@ -276,34 +279,58 @@ def print_layers(table: dict[int, dict[str, float]], streams: list[int]) -> None
         _row(label, [table[n][key] for n in streams], "{:>10.3f}")
 
 
-def ratios_and_goals(results: dict[str, dict[int, dict[str, Any]]], alone: dict[str, dict[int, dict[str, Any]]],
+def combine(phases: list[dict[str, dict[int, dict[str, Any]]]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """One phase's table from its repeats: per side, stream count and figure, the median over repeats."""
+    return {side: {n: {key: statistics.median(p[side][n][key] for p in phases) for key in row}
+                   for n, row in by_n.items()} for side, by_n in phases[0].items()}
+
+
+def across_phases(alone: list[dict[str, dict[int, dict[str, Any]]]], beside: list[dict[str, dict[int, dict[str, Any]]]],
+                  num: str, den: str, key: str, n: int) -> tuple[float, list[float]]:
+    """`num`'s figure (beside the cluster) over `den`'s (alone) at n streams: the median over repeats, each repeat's
+    two phases having run back to back, and each repeat's ratio."""
+    each = [b[num][n][key] / max(1e-9, a[den][n][key]) for a, b in zip(alone, beside, strict=True)]
+    return statistics.median(each), each
+
+
+def ratios_and_goals(beside: list[dict[str, dict[int, dict[str, Any]]]], alone: list[dict[str, dict[int, dict[str, Any]]]],
                      per_round: dict[int, list[dict[str, float]]], alone_rounds: dict[int, list[dict[str, float]]],
                      streams: list[int]) -> dict[str, Any]:
-    """Stack cost (same phase, per round), Ray tax, and serve against llama-server alone (medians of two phases)."""
-    def tps(side: dict[int, dict[str, Any]], n: int) -> float:
-        return side[n]["tokens_per_s"]
+    """Stack cost (same phase, per round), Ray tax, and serve against llama-server alone (each per repeat of the two
+    phases, then the median over repeats)."""
+    def by_repeat(key: str, num: str, den: str, figure: str = "tokens_per_s", invert: bool = False) -> dict[int, float]:
+        table, each = {}, {}
+        for n in streams:
+            table[n], each[n] = across_phases(alone, beside, num, den, figure, n)
+            if invert:
+                table[n], each[n] = 1 / table[n], [1 / r for r in each[n]]
+        if len(alone) > 1:
+            ratios[f"{key}_by_repeat"] = each
+        return table
 
     print("\nratios")
-    ratios: dict[str, Any] = {"ray_tax_engine": {n: tps(alone["engine"], n) / tps(results["engine"], n)
-                                                 for n in streams}}
+    ratios: dict[str, Any] = {}
+    ratios["ray_tax_engine"] = by_repeat("ray_tax_engine", "engine", "engine", invert=True)
     _row("Ray tax: engine alone / beside Serve", list(ratios["ray_tax_engine"].values()), "{:>10.2f}")
     for side in ("http", "http-whole"):
-        if side in results:
+        if side in beside[0]:
             key = "stack_cost" if side == "http" else "stack_cost_whole"
             ratios[key] = {n: round_ratio(per_round[n], "engine", side) for n in streams}
             _row(f"stack cost engine/{side} (goal <= {GOAL_STACK_COST})", list(ratios[key].values()), "{:>10.2f}")
-    if "llama.cpp" in alone or "llama.cpp-whole" in alone:
+    if "llama.cpp" in alone[0] or "llama.cpp-whole" in alone[0]:
         for ours, theirs, key in (("http", "llama.cpp", "vs_llamacpp"), ("http-whole", "llama.cpp-whole",
                                                                          "vs_llamacpp_whole")):
-            if ours in results and theirs in alone:
-                ratios[key] = {n: tps(results[ours], n) / tps(alone[theirs], n) for n in streams}
+            if ours in beside[0] and theirs in alone[0]:
+                ratios[key] = by_repeat(key, ours, theirs)
                 _row(f"{ours} / {theirs} alone", list(ratios[key].values()), "{:>10.2f}")
-        if "llama.cpp" in alone and "http" in results:
-            ratios["itl_vs_llamacpp"] = {n: results["http"][n]["itl_p50_ms"] / max(1e-6, alone["llama.cpp"][n]["itl_p50_ms"])
-                                         for n in streams}
+                if len(alone) > 1:
+                    for n in streams:
+                        print(f"    {n} streams, by repeat: " + " ".join(f"{r:.2f}" for r in ratios[f"{key}_by_repeat"][n]))
+        if "llama.cpp" in alone[0] and "http" in beside[0]:
+            ratios["itl_vs_llamacpp"] = by_repeat("itl_vs_llamacpp", "http", "llama.cpp", "itl_p50_ms")
             _row(f"ITL p50: http / llama.cpp (goal <= {GOAL_ITL_VS_LLAMACPP})", list(ratios["itl_vs_llamacpp"].values()),
                  "{:>10.2f}")
-        theirs = "llama.cpp" if "llama.cpp" in alone else "llama.cpp-whole"
+        theirs = "llama.cpp" if "llama.cpp" in alone[0] else "llama.cpp-whole"
         ratios["engine_vs_llamacpp"] = {n: round_ratio(alone_rounds[n], "engine", theirs) for n in streams}
         _row(f"engine in-process / {theirs} (both alone)", list(ratios["engine_vs_llamacpp"].values()), "{:>10.2f}")
         print("  goals serve / llama-server alone: " + ", ".join(f">= {g} at {n} streams"
@@ -339,13 +366,47 @@ def parse_streams(text: str) -> list[int]:
     return streams
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_sides(stack: contextlib.ExitStack, registry: Registry, args: argparse.Namespace, modes: tuple[str, ...],
+                model_dir: Any, vllm_args: Any) -> dict[str, Any]:
+    """Start Ray and the Serve app (stopped with `stack`); the sides measured over it."""
     from ray import serve
-    from tokenizers import Tokenizer
 
     from deployments import launch
-    from perkunas_ray.engine.torch_thread import run_on_torch_thread
     from perkunas_ray.kvserve.serve_options import deployment_name
+
+    sides: dict[str, Any] = {}
+    # Ray's CPU count is bookkeeping: each served engine reserves --threads of it, Ray Serve LLM its engine's
+    # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
+    # cores, one measured at a time.
+    ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    if args.direct_ingress and (registry.combined or registry.ingress.num_replicas == 1):
+        # the ingress replica's own port; Serve's proxy, on its own port, measured beside it
+        port = launch.free_port()
+        stack.callback(launch.shutdown)
+        proxy_url = launch.start_local("127.0.0.1", port, num_cpus=ray_cpus, direct_ingress=True)
+        launch.deploy(registry, f"bench:{TOKEN}")
+        url = f"http://127.0.0.1:{port}"
+        sides.update(http_sides("http-proxy", proxy_url, modes, headers))
+    else:
+        url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
+    if not registry.combined:
+        sides["handle"] = handle_side(serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME))
+    sides.update(http_sides("http", url, modes, headers))
+    if VLLM_MODEL in registry.models:
+        sides["http-vllm"] = http_side(url, headers, VLLM_MODEL)
+        if args.vs_ray_serve_llm:
+            from perkunas_ray.bench.ray_serve_llm import ray_serve_llm
+
+            llm_url = stack.enter_context(ray_serve_llm(url, model_dir, VLLM_MODEL, vllm_args, args.threads))
+            sides["ray-serve-llm"] = http_side(llm_url, model=VLLM_MODEL)
+    return sides
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenizers import Tokenizer
+
+    from perkunas_ray.engine.torch_thread import run_on_torch_thread
     from perkunas_ray.kvserve.toy import make_model_run_dir
     from perkunas_ray.model.decoder import count_parameters
     from perkunas_ray.model.presets import load_preset
@@ -353,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     streams = parse_streams(args.streams)
     engines = parse_engines(args)
     modes = parse_modes(args.modes)
-    for flag in ("prompt_tokens", "new_tokens", "rounds", "threads"):
+    for flag in ("prompt_tokens", "new_tokens", "rounds", "repeats", "threads"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"bench serve: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     cfg = load_preset(args.preset)
@@ -368,81 +429,78 @@ def run(args: argparse.Namespace) -> int:
     run_dir = run_on_torch_thread(make_model_run_dir, work_dir / "run", cfg, 100_000, args.seed)
     # Prompt ids within the tokenizer's vocabulary (the server checks them against it; the model's may be larger).
     vocab_size = Tokenizer.from_file(str(run_dir / "tokenizer.json")).get_vocab_size()
-    prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed)
     registry = bench_registry(run_dir, args.threads, args.stream_interval_ms, args.stream_messages_per_s,
                               args.replica_threads, engines, args.ingress)
     print(f"bench serve: preset {args.preset} ({count_parameters(cfg) / 1e6:.1f}M params, random init), "
           f"{args.threads} threads, streams {streams}, {args.prompt_tokens}-token prompts, {args.new_tokens} tokens "
-          f"out, greedy, median of {args.rounds} rounds, modes {', '.join(modes)}, ingress "
+          f"out, greedy, median of {args.rounds} rounds x {args.repeats} repeat(s), modes {', '.join(modes)}, ingress "
           f"{'combined' if registry.combined else 'separate'}", flush=True)
-    sides = {"engine": engine_side(registry.models[MODEL], args.threads)}
-    alone_sides = dict(sides)
+    engine_round = engine_side(registry.models[MODEL], args.threads)
     vllm_spec = registry.models.get(VLLM_MODEL)
     # vLLM's workers busy-poll (sched_yield) for 1 s after their last work (shm_broadcast's busy_loop_s): on a
     # small machine that takes a core from whichever side runs next, so with vLLM sides every round waits it out.
     # llama-server's threads poll for work after each batch (its --poll 50 default) and torch's OpenMP threads spin
     # after each parallel region: a short pause keeps either from taking the next side's cores.
     settle_s = VLLM_SETTLE_S if vllm_spec is not None else SETTLE_S
+    gguf = None
+    if args.vs_llamacpp:
+        from perkunas_ray.export import export_gguf
+
+        gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir, work_dir / "model.gguf")
+    alone_phases: list[dict[str, dict[int, dict[str, Any]]]] = []
+    beside_phases: list[dict[str, dict[int, dict[str, Any]]]] = []
+    alone_rounds: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
+    per_round: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
     with contextlib.ExitStack() as stack:
-        with contextlib.ExitStack() as alone_stack:  # llama-server runs alone only, as its users run it
-            if args.vs_llamacpp:
-                from perkunas_ray.export import export_gguf
-
-                gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir,
-                                           work_dir / "model.gguf")
-                llama_url = alone_stack.enter_context(llama_server(args.vs_llamacpp, gguf, args.threads,
-                                                                   parallel=max(streams), ctx_per_slot=cfg.max_seq_len))
-                alone_sides.update(http_sides("llama.cpp", llama_url, modes))
-            if vllm_spec is not None:
-                from perkunas_ray.bench.serve_vllm import engine_args
-
-                model_dir, vllm_args = run_on_torch_thread(engine_args, vllm_spec)  # exports the run: torch work
-                if args.vs_vllm_server:  # measured in both phases (bench/serve_vllm.py compares both ways)
-                    from perkunas_ray.bench.vllm_server import vllm_server
-
-                    vllm_url = stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args))
-                    sides["vllm-server"] = alone_sides["vllm-server"] = http_side(vllm_url, model=VLLM_MODEL)
-            print("alone (no Ray running):", flush=True)
-            alone, alone_rounds = measure(alone_sides, prompts, args.new_tokens, settle_s)
-        print("beside the Serve cluster:", flush=True)
-        # Ray's CPU count is bookkeeping: each served engine reserves --threads of it, Ray Serve LLM its engine's
-        # --threads plus a CPU each for its replica actor and its ingress, while all of them share the machine's
-        # cores, one measured at a time.
-        ray_cpus = args.threads * len(registry.models) + (args.threads + 2) * int(args.vs_ray_serve_llm)
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        if args.direct_ingress and (registry.combined or registry.ingress.num_replicas == 1):
-            # the ingress replica's own port; Serve's proxy, on its own port, measured beside it
-            port = launch.free_port()
-            stack.callback(launch.shutdown)
-            proxy_url = launch.start_local("127.0.0.1", port, num_cpus=ray_cpus, direct_ingress=True)
-            launch.deploy(registry, f"bench:{TOKEN}")
-            url = f"http://127.0.0.1:{port}"
-            sides.update(http_sides("http-proxy", proxy_url, modes, headers))
-        else:
-            url = stack.enter_context(launch.serving(registry, api_tokens=f"bench:{TOKEN}", num_cpus=ray_cpus))
-        if not registry.combined:
-            sides["handle"] = handle_side(serve.get_deployment_handle(deployment_name(MODEL), app_name=launch.APP_NAME))
-        sides.update(http_sides("http", url, modes, headers))
+        vllm_url = model_dir = vllm_args = None
         if vllm_spec is not None:
-            sides["http-vllm"] = http_side(url, headers, VLLM_MODEL)
-            if args.vs_ray_serve_llm:
-                from perkunas_ray.bench.ray_serve_llm import ray_serve_llm
+            from perkunas_ray.bench.serve_vllm import engine_args
 
-                llm_url = stack.enter_context(ray_serve_llm(url, model_dir, VLLM_MODEL, vllm_args, args.threads))
-                sides["ray-serve-llm"] = http_side(llm_url, model=VLLM_MODEL)
-        results, per_round = measure(sides, prompts, args.new_tokens, settle_s)
+            model_dir, vllm_args = run_on_torch_thread(engine_args, vllm_spec)  # exports the run: torch work
+            if args.vs_vllm_server:  # measured in both phases (bench/serve_vllm.py compares both ways)
+                from perkunas_ray.bench.vllm_server import vllm_server
+
+                vllm_url = stack.enter_context(vllm_server(model_dir, VLLM_MODEL, vllm_args))
+        for repeat in range(args.repeats):
+            # Fresh prompts per repeat: the in-process engine keeps its prefix cache across repeats.
+            prompts = workload(streams, args.rounds, args.prompt_tokens, vocab_size, args.seed + repeat)
+            if args.repeats > 1:
+                print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
+            sides = {"engine": engine_round}
+            if vllm_url is not None:
+                sides["vllm-server"] = http_side(vllm_url, model=VLLM_MODEL)
+            with contextlib.ExitStack() as alone_stack:  # llama-server runs alone only, as its users run it
+                alone_sides = dict(sides)
+                if gguf is not None:
+                    llama_url = alone_stack.enter_context(llama_server(args.vs_llamacpp, gguf, args.threads,
+                                                                       parallel=max(streams),
+                                                                       ctx_per_slot=cfg.max_seq_len))
+                    alone_sides.update(http_sides("llama.cpp", llama_url, modes))
+                print("alone (no Ray running):", flush=True)
+                alone, rounds_alone = measure(alone_sides, prompts, args.new_tokens, settle_s)
+            print("beside the Serve cluster:", flush=True)
+            with contextlib.ExitStack() as ray_stack:
+                sides.update(serve_sides(ray_stack, registry, args, modes, model_dir, vllm_args))
+                results, rounds_beside = measure(sides, prompts, args.new_tokens, settle_s)
+            alone_phases.append(alone)
+            beside_phases.append(results)
+            for n in streams:
+                alone_rounds[n] += rounds_alone[n]
+                per_round[n] += rounds_beside[n]
+    alone, results = combine(alone_phases), combine(beside_phases)
     print_sides("alone (no Ray running)", alone, streams)
     print_sides("beside the Serve cluster", results, streams)
     report: dict[str, Any] = {}
     if "handle" in results and "http" in results:
         report["breakdown_ms_per_token"] = breakdown(results, streams)
         print_layers(report["breakdown_ms_per_token"], streams)
-    ratios = ratios_and_goals(results, alone, per_round, alone_rounds, streams)
+    ratios = ratios_and_goals(beside_phases, alone_phases, per_round, alone_rounds, streams)
     if "http-vllm" in results:
         ratios.update(vllm_ratios(results, alone, per_round, streams))
     print(json.dumps({"bench": "serve", "preset": args.preset, "threads": args.threads, "streams": streams,
                       "engines": list(engines), "modes": list(modes), "ingress_combined": registry.combined,
                       "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rounds": args.rounds,
+                      "repeats": args.repeats,
                       "results": results, "results_alone": alone, "per_round_tokens_per_s": per_round,
                       **report, **ratios}))
     return 0

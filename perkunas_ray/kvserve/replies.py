@@ -12,10 +12,12 @@ from perkunas_ray.kvserve.logprobs import Entry, LogprobsFormat
 from perkunas_ray.kvserve.wire import ChoiceDelta, OutputDelta
 
 DONE = "data: [DONE]\n\n"
+# One encoder for every event: json.dumps with a non-default argument builds a new JSONEncoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"data: {_COMPACT.encode(data)}\n\n"
 
 
 def usage(num_prompt: int, num_completion: int, num_cached: int) -> dict[str, Any]:

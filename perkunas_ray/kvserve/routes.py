@@ -52,7 +52,8 @@ class AppState:
     admission: Admission
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request for an attribute read
     return request.app.state.kvserve
 
 

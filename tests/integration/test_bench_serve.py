@@ -47,8 +47,20 @@ def test_bench_serve_separate_ingress_reports_every_layer(capsys):
     assert report["breakdown_ms_per_token"]["1"]["serve_ms"] > 0 and "http-whole" not in report["results"]
 
 
+def test_bench_serve_repeats_both_phases_in_turn(capsys):
+    """--repeats 2: alone, a Serve cluster, alone again, a fresh cluster; ratios across phases per repeat."""
+    assert main([*SMALL, "--repeats", "2", "--streams", "1", "--modes", "stream"]) == 0
+    out, report = _report(capsys)
+    assert report["repeats"] == 2 and "repeat 2 of 2" in out
+    assert out.count("alone (no Ray running):") == 2 and out.count("beside the Serve cluster:") == 2
+    taxes = report["ray_tax_engine_by_repeat"]["1"]
+    assert len(taxes) == 2 and all(t > 0 for t in taxes)
+    assert min(taxes) <= report["ray_tax_engine"]["1"] <= max(taxes), "the ratio is the median of the repeats'"
+
+
 @pytest.mark.parametrize(("flags", "named"), [(["--vs-llamacpp", "/nonexistent/llama-server"], "--vs-llamacpp"),
                                               (["--streams", "1,x"], "--streams"), (["--rounds", "0"], "--rounds"),
+                                              (["--repeats", "0"], "--repeats"),
                                               (["--modes", "stream,sse"], "--modes")])
 def test_bench_serve_names_a_bad_flag(flags, named, capsys):
     assert main([*SMALL, *flags]) == 2
@@ -58,8 +70,11 @@ def test_bench_serve_names_a_bad_flag(flags, named, capsys):
 @pytest.mark.skipif(not LLAMA_SERVER, reason="set PERKUNAS_LLAMA_SERVER to a llama-server binary")
 def test_bench_serve_vs_llamacpp(capsys):
     assert Path(LLAMA_SERVER).is_file(), f"PERKUNAS_LLAMA_SERVER={LLAMA_SERVER} is not a file"
-    assert main([*SMALL, "--vs-llamacpp", LLAMA_SERVER]) == 0
+    assert main([*SMALL, "--vs-llamacpp", LLAMA_SERVER, "--repeats", "2"]) == 0
     out, report = _report(capsys)
+    for n in ("1", "2"):  # each repeat's serve / llama-server, its phases back to back; the ratio their median
+        each = report["vs_llamacpp_by_repeat"][n]
+        assert len(each) == 2 and min(each) <= report["vs_llamacpp"][n] <= max(each)
     assert "http / llama.cpp alone" in out and "llama.cpp" not in report["results"], "llama-server runs alone only"
     for n in ("1", "2"):
         for side in ("llama.cpp", "llama.cpp-whole"):
