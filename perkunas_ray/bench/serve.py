@@ -10,8 +10,8 @@ Sides, run in two phases:
     engine            the engine in this process (`NativeEngine.stream`, as a replica drives it)
     llama.cpp         `llama-server -np N -t THREADS` on our f32 GGUF export, streamed (one SSE event a token)
     llama.cpp-whole   the same, not streamed
-  beside the Serve cluster (a fresh one per --repeats; `perkunas serve`'s app: one model on one replica runs the routes in the engine
-  replica, `ingress.mode: combined`)
+  beside the Serve cluster (`perkunas serve`'s app: one model on one replica runs the routes in the engine
+  replica, `ingress.mode: combined`; with --repeats K both phases run K times in turn, each time a fresh cluster)
     engine            the engine in this process again: "Ray tax" is its tok/s alone over here
     http              `perkunas serve` over HTTP, streamed (its registry's chunking: one event per engine step)
     http-whole        the same, not streamed
@@ -279,26 +279,29 @@ def print_layers(table: dict[int, dict[str, float]], streams: list[int]) -> None
         _row(label, [table[n][key] for n in streams], "{:>10.3f}")
 
 
-def combine(phases: list[dict[str, dict[int, dict[str, Any]]]]) -> dict[str, dict[int, dict[str, Any]]]:
+Phase = dict[str, dict[int, dict[str, Any]]]  # side -> stream count -> figures (see `measure`)
+
+
+def combine(phases: list[Phase]) -> Phase:
     """One phase's table from its repeats: per side, stream count and figure, the median over repeats."""
     return {side: {n: {key: statistics.median(p[side][n][key] for p in phases) for key in row}
                    for n, row in by_n.items()} for side, by_n in phases[0].items()}
 
 
-def across_phases(alone: list[dict[str, dict[int, dict[str, Any]]]], beside: list[dict[str, dict[int, dict[str, Any]]]],
-                  num: str, den: str, key: str, n: int) -> tuple[float, list[float]]:
+def across_phases(alone: list[Phase], beside: list[Phase], num: str, den: str, key: str,
+                  n: int) -> tuple[float, list[float]]:
     """`num`'s figure (beside the cluster) over `den`'s (alone) at n streams: the median over repeats, each repeat's
     two phases having run back to back, and each repeat's ratio."""
     each = [b[num][n][key] / max(1e-9, a[den][n][key]) for a, b in zip(alone, beside, strict=True)]
     return statistics.median(each), each
 
 
-def ratios_and_goals(beside: list[dict[str, dict[int, dict[str, Any]]]], alone: list[dict[str, dict[int, dict[str, Any]]]],
-                     per_round: dict[int, list[dict[str, float]]], alone_rounds: dict[int, list[dict[str, float]]],
-                     streams: list[int]) -> dict[str, Any]:
+def ratios_and_goals(beside: list[Phase], alone: list[Phase], per_round: dict[int, list[dict[str, float]]],
+                     alone_rounds: dict[int, list[dict[str, float]]], streams: list[int]) -> dict[str, Any]:
     """Stack cost (same phase, per round), Ray tax, and serve against llama-server alone (each per repeat of the two
     phases, then the median over repeats)."""
-    def by_repeat(key: str, num: str, den: str, figure: str = "tokens_per_s", invert: bool = False) -> dict[int, float]:
+    def by_repeat(key: str, num: str, den: str, figure: str = "tokens_per_s",
+                  invert: bool = False) -> dict[int, float]:
         table, each = {}, {}
         for n in streams:
             table[n], each[n] = across_phases(alone, beside, num, den, figure, n)
@@ -325,7 +328,8 @@ def ratios_and_goals(beside: list[dict[str, dict[int, dict[str, Any]]]], alone: 
                 _row(f"{ours} / {theirs} alone", list(ratios[key].values()), "{:>10.2f}")
                 if len(alone) > 1:
                     for n in streams:
-                        print(f"    {n} streams, by repeat: " + " ".join(f"{r:.2f}" for r in ratios[f"{key}_by_repeat"][n]))
+                        each = " ".join(f"{r:.2f}" for r in ratios[f"{key}_by_repeat"][n])
+                        print(f"    {n} streams, by repeat: {each}")
         if "llama.cpp" in alone[0] and "http" in beside[0]:
             ratios["itl_vs_llamacpp"] = by_repeat("itl_vs_llamacpp", "http", "llama.cpp", "itl_p50_ms")
             _row(f"ITL p50: http / llama.cpp (goal <= {GOAL_ITL_VS_LLAMACPP})", list(ratios["itl_vs_llamacpp"].values()),
@@ -447,8 +451,8 @@ def run(args: argparse.Namespace) -> int:
         from perkunas_ray.export import export_gguf
 
         gguf = run_on_torch_thread(functools.partial(export_gguf, dtype="f32"), run_dir, work_dir / "model.gguf")
-    alone_phases: list[dict[str, dict[int, dict[str, Any]]]] = []
-    beside_phases: list[dict[str, dict[int, dict[str, Any]]]] = []
+    alone_phases: list[Phase] = []
+    beside_phases: list[Phase] = []
     alone_rounds: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
     per_round: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
     with contextlib.ExitStack() as stack:
