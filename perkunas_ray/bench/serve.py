@@ -288,12 +288,10 @@ def combine(phases: list[Phase]) -> Phase:
                    for n, row in by_n.items()} for side, by_n in phases[0].items()}
 
 
-def across_phases(alone: list[Phase], beside: list[Phase], num: str, den: str, key: str,
-                  n: int) -> tuple[float, list[float]]:
-    """`num`'s figure (beside the cluster) over `den`'s (alone) at n streams: the median over repeats, each repeat's
-    two phases having run back to back, and each repeat's ratio."""
-    each = [b[num][n][key] / max(1e-9, a[den][n][key]) for a, b in zip(alone, beside, strict=True)]
-    return statistics.median(each), each
+def across_phases(alone: list[Phase], beside: list[Phase], num: str, den: str, key: str, n: int) -> list[float]:
+    """`num`'s figure (beside the cluster) over `den`'s (alone) at n streams, per repeat: each repeat's two phases ran
+    back to back."""
+    return [b[num][n][key] / max(1e-9, a[den][n][key]) for a, b in zip(alone, beside, strict=True)]
 
 
 def ratios_and_goals(beside: list[Phase], alone: list[Phase], per_round: dict[int, list[dict[str, float]]],
@@ -302,14 +300,12 @@ def ratios_and_goals(beside: list[Phase], alone: list[Phase], per_round: dict[in
     phases, then the median over repeats)."""
     def by_repeat(key: str, num: str, den: str, figure: str = "tokens_per_s",
                   invert: bool = False) -> dict[int, float]:
-        table, each = {}, {}
-        for n in streams:
-            table[n], each[n] = across_phases(alone, beside, num, den, figure, n)
-            if invert:
-                table[n], each[n] = 1 / table[n], [1 / r for r in each[n]]
+        each = {n: across_phases(alone, beside, num, den, figure, n) for n in streams}
+        if invert:
+            each = {n: [1 / r for r in rs] for n, rs in each.items()}
         if len(alone) > 1:
             ratios[f"{key}_by_repeat"] = each
-        return table
+        return {n: statistics.median(rs) for n, rs in each.items()}
 
     print("\nratios")
     ratios: dict[str, Any] = {}
