@@ -39,6 +39,7 @@ from typing import Any
 
 from perkunas_ray.bench import load
 from perkunas_ray.bench.llama_server import llama_server
+from perkunas_ray.bench.replica_cpu import CPU_KEYS, CPU_LABELS, with_cpu
 from perkunas_ray.bench.serve_vllm import VLLM_MODEL, VLLM_SETTLE_S, vllm_ratios
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry, parse_registry
@@ -194,12 +195,13 @@ def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODE
 
 def http_sides(name: str, url: str, modes: tuple[str, ...], headers: dict[str, str] | None = None,
                model: str = MODEL) -> dict[str, Any]:
-    """`name` streamed and `name-whole` not streamed, as `modes` asks."""
+    """`name` streamed and `name-whole` not streamed, as `modes` asks; each also reports where the replica's and
+    the client's CPU went (bench/replica_cpu.py)."""
     sides = {}
     if "stream" in modes:
-        sides[name] = http_side(url, headers, model)
+        sides[name] = with_cpu(http_side(url, headers, model), url, headers or {}, model)
     if "whole" in modes:
-        sides[f"{name}-whole"] = http_side(url, headers, model, stream=False)
+        sides[f"{name}-whole"] = with_cpu(http_side(url, headers, model, stream=False), url, headers or {}, model)
     return sides
 
 
@@ -227,8 +229,9 @@ def measure(sides: dict[str, Any], prompts_by_streams: dict[int, list[list[list[
                    ("output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms",
                     "chunks_per_request")}
             row["tokens_per_s"] = row.pop("output_tokens_per_s")
-            if "replica_tokens_per_s" in rs[0]:
-                row["replica_tokens_per_s"] = statistics.median(r["replica_tokens_per_s"] for r in rs)
+            for key in ("replica_tokens_per_s", *CPU_KEYS):
+                if all(key in r for r in rs):
+                    row[key] = statistics.median(r[key] for r in rs)
             results[name][n] = row
             print(f"  {name:10s} {n:>3} streams: {row['tokens_per_s']:8.1f} tok/s, TTFT p50 {row['ttft_p50_ms']:.1f} "
                   f"ms, ITL p50 {row['itl_p50_ms']:.2f} ms", flush=True)
@@ -269,6 +272,11 @@ def print_sides(title: str, results: dict[str, dict[int, dict[str, Any]]], strea
             if key.startswith("itl") and side.endswith("-whole"):
                 continue
             _row(f"{side} {key.removesuffix('_ms').replace('_', ' ')}", [results[side][n][key] for n in streams])
+    for side in results:
+        for key in CPU_KEYS:
+            if all(key in results[side][n] for n in streams):
+                _row(f"{side} {CPU_LABELS[key]}", [results[side][n][key] for n in streams],
+                     "{:>10.1f}" if key == "torch_waiting_for_cpu" else "{:>10.3f}")
 
 
 def print_layers(table: dict[int, dict[str, float]], streams: list[int]) -> None:

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_TORCH = ThreadPoolExecutor(1, thread_name_prefix="perkunas-torch")
+TORCH_THREAD_PREFIX = "perkunas-torch"
+_TORCH = ThreadPoolExecutor(1, thread_name_prefix=TORCH_THREAD_PREFIX)
 
 
 def _on_torch_thread() -> bool:
-    return threading.current_thread().name.startswith("perkunas-torch")
+    return threading.current_thread().name.startswith(TORCH_THREAD_PREFIX)
 
 
 def run_on_torch_thread(fn: Callable[..., T], *args: Any) -> T:

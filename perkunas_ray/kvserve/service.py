@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from perkunas_ray.kvserve.follow import RunFollower
 from perkunas_ray.kvserve.metrics import EngineMetrics
 from perkunas_ray.kvserve.registry import ModelSpec
 from perkunas_ray.kvserve.routing import KVEventMirror
+from perkunas_ray.kvserve.thread_cpu import thread_cpu
 from perkunas_ray.kvserve.wire import ModelInfo, OutputDelta
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class EngineService:
         # With the routes here no router polls routing_stats, which is what refreshes the engine gauges otherwise.
         self.metrics_poll_s = METRICS_POLL_S if combined and metrics else 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop_tid: int | None = None  # the native id of the thread whose event loop calls this service
         with contextlib.suppress(RuntimeError):  # no running loop here: the first async call starts them
             self.ensure_polling()
 
@@ -134,6 +137,7 @@ class EngineService:
         if any(not task.done() for task in self._tasks):
             return
         loop = asyncio.get_running_loop()
+        self.loop_tid = threading.get_native_id()
         self._tasks = []
         if self.follower is not None:
             self._tasks.append(loop.create_task(self._follow_loop()))
@@ -239,7 +243,8 @@ class EngineService:
         data.update(replica=self.replica, model_id=self.spec.model_id, num_aborted=self.num_aborted,
                     kv_num_stored=self.mirror.num_stored, kv_num_removed=self.mirror.num_removed,
                     prefix_cache_hit_rate=stats.prefix_cache_hit_rate, step=self.step,
-                    num_switches=self.num_switches, busy_s=self.busy.seconds())
+                    num_switches=self.num_switches, busy_s=self.busy.seconds(),
+                    thread_cpu=await asyncio.to_thread(thread_cpu, self.loop_tid))
         extra = getattr(self.engine, "extra_stats", None)  # an engine's own view (vLLM's scheduler counts)
         if extra is not None:
             data.update(await asyncio.to_thread(extra))

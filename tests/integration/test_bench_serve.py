@@ -34,6 +34,11 @@ def test_bench_serve_reports_both_modes_and_the_ray_tax(capsys):
             assert report["results"][side][n]["tokens_per_s"] > 0, (side, n)
     assert report["results"]["http"]["1"]["chunks_per_request"] > 1, "a stream arrives in several events"
     assert report["results"]["http-whole"]["1"]["chunks_per_request"] == 1
+    for side in ("http", "http-whole"):  # where the round's CPU went, read from the replica's /proc per thread
+        row = report["results"][side]["2"]
+        for key in ("event_loop_cpu_ms_per_token", "torch_cpu_ms_per_token", "client_cpu_ms_per_token"):
+            assert 0 < row[key] < 100, (side, key, row[key])
+        assert 0 <= row["torch_waiting_for_cpu"] <= 100 and "replica event loop, ms CPU / token" in out
     assert set(report["stack_cost"]) == {"1", "2"} and set(report["stack_cost_whole"]) == {"1", "2"}
     assert "vs_llamacpp" not in report and "handle" not in report["results"]
     assert set(report["results_alone"]) == {"engine"}, "only the engine runs before the Serve cluster"
