@@ -194,14 +194,16 @@ def http_side(url: str, headers: dict[str, str] | None = None, model: str = MODE
 
 
 def http_sides(name: str, url: str, modes: tuple[str, ...], headers: dict[str, str] | None = None,
-               model: str = MODEL) -> dict[str, Any]:
-    """`name` streamed and `name-whole` not streamed, as `modes` asks; each also reports where the replica's and
-    the client's CPU went (bench/replica_cpu.py)."""
+               model: str = MODEL, ours: bool = True) -> dict[str, Any]:
+    """`name` streamed and `name-whole` not streamed, as `modes` asks; with `ours` (a perkunas server), each also
+    reports where the replica's and the client's CPU went (bench/replica_cpu.py)."""
     sides = {}
     if "stream" in modes:
-        sides[name] = with_cpu(http_side(url, headers, model), url, headers or {}, model)
+        sides[name] = http_side(url, headers, model)
     if "whole" in modes:
-        sides[f"{name}-whole"] = with_cpu(http_side(url, headers, model, stream=False), url, headers or {}, model)
+        sides[f"{name}-whole"] = http_side(url, headers, model, stream=False)
+    if ours:
+        sides = {side: with_cpu(round_, url, headers or {}, model) for side, round_ in sides.items()}
     return sides
 
 
@@ -483,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
                     llama_url = alone_stack.enter_context(llama_server(args.vs_llamacpp, gguf, args.threads,
                                                                        parallel=max(streams),
                                                                        ctx_per_slot=cfg.max_seq_len))
-                    alone_sides.update(http_sides("llama.cpp", llama_url, modes))
+                    alone_sides.update(http_sides("llama.cpp", llama_url, modes, ours=False))
                 print("alone (no Ray running):", flush=True)
                 alone, rounds_alone = measure(alone_sides, prompts, args.new_tokens, settle_s)
             print("beside the Serve cluster:", flush=True)
