@@ -39,7 +39,7 @@ from typing import Any
 
 from perkunas_ray.bench import load
 from perkunas_ray.bench.llama_server import llama_server
-from perkunas_ray.bench.replica_cpu import CPU_KEYS, CPU_LABELS, with_cpu
+from perkunas_ray.bench.replica_cpu import CPU_KEYS, CPU_LABELS, with_cpu, with_local_cpu
 from perkunas_ray.bench.serve_vllm import VLLM_MODEL, VLLM_SETTLE_S, vllm_ratios
 from perkunas_ray.errors import ConfigError
 from perkunas_ray.kvserve.registry import Registry, parse_registry
@@ -159,7 +159,7 @@ def engine_side(spec: Any, threads: int) -> Any:
         params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
         return asyncio.run(_concurrent(lambda p: engine.stream(uuid.uuid4().hex, p, params), prompts,
                                        lambda out: len(out.outputs[0].delta_token_ids)))
-    return round_
+    return with_local_cpu(round_)
 
 
 def handle_side(handle: Any) -> Any:

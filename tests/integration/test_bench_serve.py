@@ -38,7 +38,9 @@ def test_bench_serve_reports_both_modes_and_the_ray_tax(capsys):
         row = report["results"][side]["2"]
         for key in ("event_loop_cpu_ms_per_token", "torch_cpu_ms_per_token", "client_cpu_ms_per_token"):
             assert 0 < row[key] < 100, (side, key, row[key])
-        assert 0 <= row["torch_waiting_for_cpu"] <= 100 and "replica event loop, ms CPU / token" in out
+        assert 0 <= row["torch_waiting_for_cpu"] <= 100 and "http event loop, ms CPU / token" in out
+    engine = report["results"]["engine"]["2"]  # the in-process engine's own threads; it has no load client
+    assert 0 < engine["torch_cpu_ms_per_token"] < 100 and "client_cpu_ms_per_token" not in engine
     assert set(report["stack_cost"]) == {"1", "2"} and set(report["stack_cost_whole"]) == {"1", "2"}
     assert "vs_llamacpp" not in report and "handle" not in report["results"]
     assert set(report["results_alone"]) == {"engine"}, "only the engine runs before the Serve cluster"

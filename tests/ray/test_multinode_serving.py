@@ -84,11 +84,13 @@ def test_a_node_lost_under_load_and_added_back(tmp_path) -> None:
     from perkunas_ray.kvserve.registry import load_registry
     from perkunas_ray.kvserve.toy import make_tiny_run_dir
 
-    run = make_tiny_run_dir(tmp_path / "tiny")
+    # Long streams: the lost node's must still be running when the router has heard of their blocks and the node
+    # goes (with 480 tokens, on a busy machine the router heard of them only near their end, and they finished).
+    run = make_tiny_run_dir(tmp_path / "tiny", max_seq_len=2048)
     registry = tmp_path / "registry.yaml"
     registry.write_text(f"models:\n  tiny:\n    source: {run}\n    num_replicas: 2\n    num_cpus: 1\n"
                         f"    resources: {{{ENGINE}: 1}}\n    health_check_period_s: 1\n"
-                        "    kv_policy: {num_blocks: 256}\n"
+                        "    kv_policy: {num_blocks: 1024}\n"
                         f"ingress: {{resources: {{{HEAD}: 0.01}}}}\nrouter: {{routing_stats_period_s: 0.2}}\n")
     # The head: controller, the one HTTP proxy and the ingress; the engines need a node with ENGINE.
     cluster = start_cluster({HEAD: 1}, num_cpus=1)
@@ -108,7 +110,7 @@ def test_a_node_lost_under_load_and_added_back(tmp_path) -> None:
         async def load() -> tuple[list[tuple[int, list[str]]], list[tuple[int, list[str]]]]:
             started, counter = asyncio.Event(), [0]
             async with httpx.AsyncClient(timeout=120) as http:
-                streams = [asyncio.create_task(one_stream(http, url, f"Story {i}: once upon a time", 480, started,
+                streams = [asyncio.create_task(one_stream(http, url, f"Story {i}: once upon a time", 1900, started,
                                                           counter)) for i in range(NUM_STREAMS)]
                 await asyncio.wait_for(started.wait(), timeout=120)
                 for _ in range(600):  # until the router has heard of blocks on the replica about to be lost
