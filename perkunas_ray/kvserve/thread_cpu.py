@@ -28,7 +28,8 @@ def _schedstat(tid: str) -> tuple[float, float] | None:
 
 def thread_cpu(loop_tid: int | None) -> dict[str, dict[str, float]]:
     """Per group of this process's threads (GROUPS): seconds on a CPU (`cpu_s`) and seconds runnable but waiting
-    for one (`wait_s`), since each thread started. `loop_tid`: the event loop's native thread id."""
+    for one (`wait_s`), since each thread started. `loop_tid`: the event loop's native thread id. A thread that
+    exits takes its time with it, so a difference across its exit undercounts its group."""
     if not TASKS.is_dir():
         return {}
     torch_tids = {t.native_id for t in threading.enumerate() if t.name.startswith(TORCH_THREAD_PREFIX)}
