@@ -145,13 +145,17 @@ def test_abort_and_dropped_consumers_free_their_blocks(engine: NativeEngine) -> 
 
 def test_stream_of_n_completions_and_duplicate_ids(engine: NativeEngine) -> None:
     async def main() -> list[RequestOutput]:
-        outs = []
-        async for out in engine.stream("multi", "Once upon", SamplingParams(n=2, max_tokens=5, seed=1)):
-            outs.append(out)
-            if len(outs) == 1:
-                with pytest.raises(ConfigError, match="already live"):
-                    async for _ in engine.stream("multi", "x", SamplingParams()):
-                        pass
+        stream = engine.stream("multi", "Once upon", SamplingParams(n=2, max_tokens=5, seed=1))
+        # Holding the step lock keeps the first request live while the duplicate arrives: without it, a busy
+        # machine's consumer can see the first output only after the engine thread has finished all 5 tokens.
+        with engine.core._step_lock:
+            first = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0)  # the first request is added
+            with pytest.raises(ConfigError, match="already live"):
+                async for _ in engine.stream("multi", "x", SamplingParams()):
+                    pass
+        outs = [await first]
+        outs += [out async for out in stream]
         return outs
 
     outs = asyncio.run(main())
